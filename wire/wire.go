@@ -1,0 +1,262 @@
+// Package wire is the contract between an application and its Metaparticle Sync side-car: the
+// environment variables, the default address, the HTTP paths and the JSON bodies of version 1 of
+// the side-car's API. It imports only the standard library, so that any client (the Go SDK, a
+// test, another language's port reading docs/api.md) can depend on it without pulling in
+// Kubernetes.
+//
+// # Protocol in brief
+//
+// A client first opens a session (POST [PathSessions]). A session is the unit of ownership: a
+// Lease held for a session names the Pod and the session, so two sessions in one Pod exclude each
+// other. The session lives while the client keeps it alive, either by calling
+// [SessionKeepAlivePath] at least once per [Session.TTLMillis], or by holding its event stream
+// ([SessionEventsPath]) open and calling keep-alive; when the stream's connection closes, or the
+// keep-alive is missed, or the client deletes the session, every hold of the session is released.
+//
+// Locks are acquired by POST to [SessionLockPath] (blocking, with a timeout, or a single try) and
+// released by DELETE on the same path. Elections are joined by PUT on [SessionElectionPath], left
+// by DELETE, and leadership is reported on the session's event stream. Anyone can read a lock or
+// an election ([LockPath], [ElectionPath]) and follow an election's leader ([ElectionWatchPath]).
+//
+// Every error is an [Error] body with a stable [ErrorCode].
+package wire
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Environment variables and defaults shared by the injector, the side-car and the SDKs.
+const (
+	// EnvAddress names the environment variable that tells an application where its side-car's
+	// lock API listens, as host:port. The injector sets it in every application container.
+	EnvAddress = "METAPARTICLE_SYNC_ADDR"
+
+	// DefaultPort is the original Metaparticle elector's port, kept for familiarity.
+	DefaultPort = 13131
+
+	// DefaultAddress is where clients look when EnvAddress is unset: loopback only, since the
+	// side-car shares the Pod's network namespace with its application.
+	DefaultAddress = "127.0.0.1:13131"
+
+	// MaxNameLength is the longest lock or election name accepted, in bytes.
+	MaxNameLength = 253
+
+	// MaxRequestBytes is the largest request body the side-car reads.
+	MaxRequestBytes = 64 << 10
+
+	// MaxTimeout is the longest acquire timeout a client may ask for.
+	MaxTimeout = 24 * time.Hour
+
+	// MinSessionTTL and MaxSessionTTL bound Session.TTLMillis.
+	MinSessionTTL = 1 * time.Second
+	MaxSessionTTL = 5 * time.Minute
+
+	// DefaultSessionTTL is the session TTL when a client does not ask for one.
+	DefaultSessionTTL = 10 * time.Second
+)
+
+// Paths of version 1 of the API. Names in paths are URL path-escaped (url.PathEscape).
+const (
+	PathPrefix   = "/v1"
+	PathSessions = PathPrefix + "/sessions"
+)
+
+// SessionPath is the path of one session: DELETE ends it.
+func SessionPath(session string) string {
+	return PathSessions + "/" + url.PathEscape(session)
+}
+
+// SessionKeepAlivePath is POSTed to extend a session's life by its TTL.
+func SessionKeepAlivePath(session string) string { return SessionPath(session) + "/keepalive" }
+
+// SessionEventsPath is the session's event stream: newline-delimited JSON [Event] values.
+func SessionEventsPath(session string) string { return SessionPath(session) + "/events" }
+
+// SessionLockPath is POSTed to acquire a lock for the session, DELETEd to release it.
+func SessionLockPath(session, name string) string {
+	return SessionPath(session) + "/locks/" + url.PathEscape(name)
+}
+
+// SessionElectionPath is PUT to stand in an election, DELETEd to leave it.
+func SessionElectionPath(session, name string) string {
+	return SessionPath(session) + "/elections/" + url.PathEscape(name)
+}
+
+// SessionResignPath is POSTed by a leader to give up leadership while staying a candidate.
+func SessionResignPath(session, name string) string {
+	return SessionElectionPath(session, name) + "/resign"
+}
+
+// LockPath is the read-only state of a lock ([LockState]).
+func LockPath(name string) string { return PathPrefix + "/locks/" + url.PathEscape(name) }
+
+// ElectionPath is the read-only state of an election ([ElectionState]).
+func ElectionPath(name string) string { return PathPrefix + "/elections/" + url.PathEscape(name) }
+
+// ElectionWatchPath streams an election's [ElectionState] as newline-delimited JSON: the current
+// state first, then one line per change of leader.
+func ElectionWatchPath(name string) string { return ElectionPath(name) + "/watch" }
+
+// ValidateName reports whether name is acceptable as a lock or election name: non-empty, at most
+// MaxNameLength bytes, valid UTF-8 without control characters.
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("name must not be empty")
+	case len(name) > MaxNameLength:
+		return fmt.Errorf("name is %d bytes long; the limit is %d", len(name), MaxNameLength)
+	case !validText(name):
+		return fmt.Errorf("name %q must be valid UTF-8 without control characters", name)
+	}
+	return nil
+}
+
+func validText(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
+}
+
+// OpenSessionRequest is the body of POST PathSessions. All fields are optional.
+type OpenSessionRequest struct {
+	// TTLMillis is how long the session survives without a keep-alive. Zero means
+	// DefaultSessionTTL; otherwise it must lie within [MinSessionTTL, MaxSessionTTL].
+	TTLMillis int64 `json:"ttlMillis,omitempty"`
+	// Client is a free-form label (for example "go-sdk/1.0 pid=7") shown in logs.
+	Client string `json:"client,omitempty"`
+}
+
+// Session is the response to POST PathSessions (201 Created).
+type Session struct {
+	// ID identifies the session in paths.
+	ID string `json:"id"`
+	// Holder is the Lease holder identity used for this session's holds: "<pod>/<session>".
+	Holder string `json:"holder"`
+	// TTLMillis is the session's TTL as granted.
+	TTLMillis int64 `json:"ttlMillis"`
+}
+
+// AcquireRequest is the body of POST SessionLockPath. The zero value blocks until the lock is held
+// or the request is abandoned by the client.
+type AcquireRequest struct {
+	// Try, when true, makes a single attempt: 200 if acquired, 409 with CodeNotAcquired if not.
+	Try bool `json:"try,omitempty"`
+	// TimeoutMillis bounds a blocking acquire: after it, 409 with CodeNotAcquired. Zero means no
+	// bound (the client's disconnect ends the wait). At most MaxTimeout.
+	TimeoutMillis int64 `json:"timeoutMillis,omitempty"`
+}
+
+// Grant describes a hold: the response to a successful acquire, and the payload of
+// EventElected.
+type Grant struct {
+	// Name is the lock or election name as the client gave it.
+	Name string `json:"name"`
+	// Lease is the name of the coordination.k8s.io/v1 Lease that backs it.
+	Lease string `json:"lease"`
+	// Token is the fencing token: strictly greater than every earlier grant of this name.
+	// It is a decimal string of an unsigned 64-bit integer, to survive JSON number precision.
+	Token string `json:"token"`
+	// Holder is the Lease holder identity.
+	Holder string `json:"holder"`
+}
+
+// LockState is the response of GET LockPath and the element of an election watch.
+type LockState struct {
+	Name  string `json:"name"`
+	Lease string `json:"lease"`
+	// Held reports whether someone holds it now, as this side-car last observed.
+	Held bool `json:"held"`
+	// Holder is the Lease holder identity ("<pod>/<session>"), empty when free.
+	Holder string `json:"holder,omitempty"`
+	// Token is the fencing token of the current (or last) grant, empty if never granted.
+	Token string `json:"token,omitempty"`
+	// AcquireTime is when the current holder got it.
+	AcquireTime *time.Time `json:"acquireTime,omitempty"`
+	// RenewTime is the holder's last renewal, as the holder wrote it.
+	RenewTime *time.Time `json:"renewTime,omitempty"`
+	// LeaseDurationSeconds is how long others wait, from their last observation of a change,
+	// before they treat the holder as gone.
+	LeaseDurationSeconds int32 `json:"leaseDurationSeconds,omitempty"`
+}
+
+// ElectionState is the response of GET ElectionPath and each line of ElectionWatchPath. Its
+// fields mean what LockState's do, with the holder being the leader.
+type ElectionState = LockState
+
+// EventType names the kind of an Event.
+type EventType string
+
+// Event types sent on a session's event stream.
+const (
+	// EventReady is the first event of every stream.
+	EventReady EventType = "ready"
+	// EventPing is sent periodically so a client can tell a live side-car from a stuck one.
+	EventPing EventType = "ping"
+	// EventLost says a lock held by this session is no longer held: the side-car could not renew
+	// it before its renew deadline, or it was taken from outside. Work protected by the lock must
+	// stop.
+	EventLost EventType = "lost"
+	// EventElected says this session now leads an election; Grant carries the token.
+	EventElected EventType = "elected"
+	// EventDeposed says this session no longer leads an election (it resigned, or could not renew).
+	// It stays a candidate unless it left the election.
+	EventDeposed EventType = "deposed"
+	// EventClosed is the last event of a stream whose session ended; Reason says why.
+	EventClosed EventType = "closed"
+)
+
+// Event is one line of a session's event stream.
+type Event struct {
+	Type EventType `json:"type"`
+	// Kind is KindLock or KindElection for lost, elected and deposed events.
+	Kind Kind `json:"kind,omitempty"`
+	// Grant is the hold concerned, for lost, elected and deposed events.
+	Grant *Grant `json:"grant,omitempty"`
+	// Reason is a human-readable explanation for lost, deposed and closed events.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Kind tells locks from elections.
+type Kind string
+
+// Kinds of hold.
+const (
+	KindLock     Kind = "lock"
+	KindElection Kind = "election"
+)
+
+// ErrorCode is a stable, machine-readable error identifier.
+type ErrorCode string
+
+// Error codes and the HTTP status they come with.
+const (
+	CodeBadRequest      ErrorCode = "bad_request"        // 400: malformed body, unknown field
+	CodeInvalidName     ErrorCode = "invalid_name"       // 400: ValidateName failed
+	CodeInvalidTimeout  ErrorCode = "invalid_timeout"    // 400: timeout or TTL out of range
+	CodeNotFound        ErrorCode = "not_found"          // 404: no such path or object
+	CodeNoSession       ErrorCode = "no_session"         // 404: unknown or ended session
+	CodeMethod          ErrorCode = "method_not_allowed" // 405
+	CodeNotAcquired     ErrorCode = "not_acquired"       // 409: try failed, or timeout passed
+	CodeAlreadyHeld     ErrorCode = "already_held"       // 409: this session already holds it
+	CodeNotHeld         ErrorCode = "not_held"           // 409: release of a lock not held
+	CodeTooLarge        ErrorCode = "too_large"          // 413: body over MaxRequestBytes
+	CodeUnsupportedType ErrorCode = "unsupported_media"  // 415: not application/json
+	CodeShuttingDown    ErrorCode = "shutting_down"      // 503: side-car is stopping
+	CodeUnavailable     ErrorCode = "unavailable"        // 503: API server unreachable, not ready
+	CodeForbidden       ErrorCode = "forbidden"          // 503: RBAC forbids the Lease verbs
+	CodeInternal        ErrorCode = "internal"           // 500
+)
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	Code    ErrorCode `json:"code"`
+	Message string    `json:"message"`
+}
+
+// Error implements the error interface.
+func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
