@@ -1,0 +1,92 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	authorizationclient "k8s.io/client-go/kubernetes/typed/authorization/v1"
+	"k8s.io/utils/clock"
+)
+
+// SidecarLeaseVerbs are the verbs the side-car needs on coordination.k8s.io Leases in its own
+// namespace (deploy/rbac/sidecar-role.yaml grants exactly these).
+var SidecarLeaseVerbs = []string{"get", "list", "watch", "create", "update"}
+
+// AccessChecker asks the API server, with SubjectAccessReviews, whether a service account may use
+// Leases as the side-car does. Answers are cached for TTL per namespace and service account, so a
+// burst of Pods costs one review per verb. The zero value is not usable; use NewAccessChecker.
+// It is safe for concurrent use.
+type AccessChecker struct {
+	reviews authorizationclient.SubjectAccessReviewInterface
+	ttl     time.Duration
+	clock   clock.PassiveClock
+
+	mu    sync.Mutex // protects cache
+	cache map[string]accessEntry
+}
+
+type accessEntry struct {
+	missing []string
+	expires time.Time
+}
+
+// NewAccessChecker returns a checker that caches answers for ttl (30s when ttl is zero).
+func NewAccessChecker(reviews authorizationclient.SubjectAccessReviewInterface, ttl time.Duration, clk clock.PassiveClock) *AccessChecker {
+	if ttl <= 0 {
+		ttl = 30 * time.Second
+	}
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	return &AccessChecker{reviews: reviews, ttl: ttl, clock: clk, cache: map[string]accessEntry{}}
+}
+
+// MissingVerbs returns the Lease verbs that serviceAccount in namespace is not allowed, in
+// SidecarLeaseVerbs order; nil means it has them all.
+func (a *AccessChecker) MissingVerbs(ctx context.Context, namespace, serviceAccount string) ([]string, error) {
+	key := namespace + "/" + serviceAccount
+	now := a.clock.Now()
+	a.mu.Lock()
+	e, ok := a.cache[key]
+	a.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return e.missing, nil
+	}
+
+	user := "system:serviceaccount:" + namespace + ":" + serviceAccount
+	var missing []string
+	for _, verb := range SidecarLeaseVerbs {
+		review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   user,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Namespace: namespace, Verb: verb, Group: "coordination.k8s.io", Resource: "leases",
+			},
+		}}
+		got, err := a.reviews.Create(ctx, review, metav1.CreateOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("subject access review for %s %s leases: %w", user, verb, err)
+		}
+		if !got.Status.Allowed {
+			missing = append(missing, verb)
+		}
+	}
+	a.mu.Lock()
+	a.cache[key] = accessEntry{missing: missing, expires: now.Add(a.ttl)}
+	a.mu.Unlock()
+	return missing, nil
+}
+
+// rbacWarning is the admission warning for a service account that lacks Lease verbs: it gives the
+// exact RoleBinding to create.
+func rbacWarning(namespace, serviceAccount, clusterRole string, missing []string) string {
+	return fmt.Sprintf("service account %s/%s may not %s leases in namespace %s, so the metaparticle-sync side-car cannot take locks: "+
+		"kubectl create rolebinding %s-metaparticle-sync --namespace %s --clusterrole %s --serviceaccount %s:%s",
+		namespace, serviceAccount, strings.Join(missing, ", "), namespace,
+		serviceAccount, namespace, clusterRole, namespace, serviceAccount)
+}

@@ -1,0 +1,170 @@
+package webhook
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// Mode says how the side-car is added to a Pod.
+type Mode string
+
+// Modes of injection.
+const (
+	// ModeNative adds the side-car as the first init container with restartPolicy Always
+	// (a native side-car, Kubernetes ≥ 1.29): it starts, and passes its startup probe, before any
+	// application container starts, and it does not keep a finished Job's Pod alive.
+	ModeNative Mode = "native"
+	// ModeClassic appends the side-car to the Pod's containers, for clusters older than 1.29.
+	// Applications may start before it serves (the SDKs retry), and a Job's Pod never completes
+	// while the side-car runs.
+	ModeClassic Mode = "classic"
+)
+
+// Timing is the side-car's Lease timing. Every field must be positive and
+// LeaseDuration > RenewDeadline > RenewPeriod ≥ RetryPeriod.
+type Timing struct {
+	// LeaseDuration is how long other side-cars wait, from when they last saw a holder renew,
+	// before taking over from a holder that vanished without releasing. Default 15s.
+	LeaseDuration time.Duration
+	// RenewDeadline is how long a holder keeps trying to renew before it tells its application
+	// that the hold is lost. Default 10s.
+	RenewDeadline time.Duration
+	// RenewPeriod is how often a holder renews. Default 5s (12 writes a minute per held lock).
+	RenewPeriod time.Duration
+	// RetryPeriod is how soon a failed renewal is retried. Default 1s.
+	RetryPeriod time.Duration
+}
+
+// DefaultTiming is the side-car's default timing.
+var DefaultTiming = Timing{
+	LeaseDuration: 15 * time.Second,
+	RenewDeadline: 10 * time.Second,
+	RenewPeriod:   5 * time.Second,
+	RetryPeriod:   1 * time.Second,
+}
+
+// Validate reports the first rule t breaks.
+func (t Timing) Validate() error {
+	switch {
+	case t.RetryPeriod <= 0:
+		return fmt.Errorf("retry period %s must be positive", t.RetryPeriod)
+	case t.RenewPeriod < t.RetryPeriod:
+		return fmt.Errorf("renew period %s must be at least the retry period %s", t.RenewPeriod, t.RetryPeriod)
+	case t.RenewDeadline <= t.RenewPeriod:
+		return fmt.Errorf("renew deadline %s must be longer than the renew period %s", t.RenewDeadline, t.RenewPeriod)
+	case t.LeaseDuration <= t.RenewDeadline:
+		return fmt.Errorf("lease duration %s must be longer than the renew deadline %s", t.LeaseDuration, t.RenewDeadline)
+	case t.LeaseDuration%time.Second != 0:
+		return fmt.Errorf("lease duration %s must be a whole number of seconds (Leases store seconds)", t.LeaseDuration)
+	}
+	return nil
+}
+
+// Config is what the injector adds to Pods. Build it with DefaultConfig and change what differs;
+// NewInjector validates it.
+type Config struct {
+	// Image is the side-car image. Required.
+	Image string
+	// ImagePullPolicy of the side-car. Default IfNotPresent.
+	ImagePullPolicy corev1.PullPolicy
+	// Mode is the default injection mode, overridden per Pod by AnnotationMode. Default native.
+	Mode Mode
+	// Port is the side-car's lock API port on 127.0.0.1; its health and metrics port is Port+1.
+	// Default 13131, the original Metaparticle elector's port.
+	Port int32
+	// Resources of the side-car container. Default requests 10m CPU / 32Mi memory, limits
+	// 200m CPU / 64Mi memory.
+	Resources corev1.ResourceRequirements
+	// Timing is the side-car's Lease timing. Default DefaultTiming.
+	Timing Timing
+	// LogLevel of the side-car: debug, info or error. Default info.
+	LogLevel string
+	// RunAsUser and RunAsGroup of the side-car: they must match the image's non-root user.
+	// Default 65532 (the distroless "nonroot" user).
+	RunAsUser, RunAsGroup int64
+	// SidecarClusterRole is the ClusterRole that grants the side-car its Lease verbs; the RBAC
+	// warning tells users to bind it. Default "metaparticle-sync-sidecar".
+	SidecarClusterRole string
+}
+
+// DefaultConfig returns the default configuration for the given side-car image.
+func DefaultConfig(image string) Config {
+	return Config{
+		Image:           image,
+		ImagePullPolicy: corev1.PullIfNotPresent,
+		Mode:            ModeNative,
+		Port:            13131,
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("10m"),
+				corev1.ResourceMemory: resource.MustParse("32Mi"),
+			},
+			Limits: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("200m"),
+				corev1.ResourceMemory: resource.MustParse("64Mi"),
+			},
+		},
+		Timing:             DefaultTiming,
+		LogLevel:           "info",
+		RunAsUser:          65532,
+		RunAsGroup:         65532,
+		SidecarClusterRole: "metaparticle-sync-sidecar",
+	}
+}
+
+// Validate reports every problem with c.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Image == "" {
+		errs = append(errs, errors.New("side-car image is required"))
+	}
+	switch c.ImagePullPolicy {
+	case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		errs = append(errs, fmt.Errorf("image pull policy %q must be Always, IfNotPresent or Never", c.ImagePullPolicy))
+	}
+	if c.Mode != ModeNative && c.Mode != ModeClassic {
+		errs = append(errs, fmt.Errorf("mode %q must be %q or %q", c.Mode, ModeNative, ModeClassic))
+	}
+	if err := validPort(int64(c.Port)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Timing.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if !validLogLevel(c.LogLevel) {
+		errs = append(errs, fmt.Errorf("log level %q must be one of %v", c.LogLevel, logLevels))
+	}
+	if c.RunAsUser <= 0 || c.RunAsGroup <= 0 {
+		errs = append(errs, fmt.Errorf("side-car user and group (%d:%d) must be non-root", c.RunAsUser, c.RunAsGroup))
+	}
+	for name, q := range c.Resources.Requests {
+		if l, ok := c.Resources.Limits[name]; ok && q.Cmp(l) > 0 {
+			errs = append(errs, fmt.Errorf("%s request %s exceeds its limit %s", name, q.String(), l.String()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+var logLevels = []string{"debug", "info", "error"}
+
+func validLogLevel(s string) bool {
+	for _, l := range logLevels {
+		if s == l {
+			return true
+		}
+	}
+	return false
+}
+
+// validPort accepts unprivileged ports that leave room for the health port above them.
+func validPort(p int64) error {
+	if p < 1024 || p > 65534 {
+		return fmt.Errorf("port %d must be between 1024 and 65534 (the health port is port+1)", p)
+	}
+	return nil
+}

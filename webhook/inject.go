@@ -1,0 +1,165 @@
+package webhook
+
+import (
+	"fmt"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/metaparticle-io/sync/wire"
+)
+
+// SidecarName is the name of the injected container.
+const SidecarName = "metaparticle-sync"
+
+// HealthPortName names the side-car's health and metrics port.
+const HealthPortName = "sync-health"
+
+// Environment variables the side-car reads. They mirror the side-car's flags (cmd/elector
+// --help); the injector cannot import the side-car's package, so the names are kept in step by
+// the end-to-end tests, which run injected side-cars.
+const (
+	EnvPodName       = "POD_NAME"
+	EnvPodNamespace  = "POD_NAMESPACE"
+	EnvPodUID        = "POD_UID"
+	EnvListenAddress = "METAPARTICLE_LISTEN_ADDRESS"
+	EnvHealthAddress = "METAPARTICLE_HEALTH_ADDRESS"
+	EnvLeaseDuration = "METAPARTICLE_LEASE_DURATION"
+	EnvRenewDeadline = "METAPARTICLE_RENEW_DEADLINE"
+	EnvRenewPeriod   = "METAPARTICLE_RENEW_PERIOD"
+	EnvRetryPeriod   = "METAPARTICLE_RETRY_PERIOD"
+	EnvLogLevel      = "METAPARTICLE_LOG_LEVEL"
+)
+
+// Inject adds the side-car to pod as c and the Pod's annotations say, and returns warnings for the
+// user. It is a pure function of its inputs. It returns an error, which the webhook turns into a
+// denial, when an annotation is invalid or the Pod cannot take the side-car safely; the Pod is
+// then left unchanged. A Pod that does not ask for injection, or was injected already, is left
+// unchanged without error.
+func Inject(pod *corev1.Pod, c Config) (warnings []string, err error) {
+	want, err := wantsInjection(pod.Annotations)
+	if err != nil || !want {
+		return nil, err
+	}
+	if pod.Annotations[AnnotationStatus] == StatusInjected {
+		return nil, nil
+	}
+	if containerNamed(pod.Spec.InitContainers, SidecarName) || containerNamed(pod.Spec.Containers, SidecarName) {
+		return nil, fmt.Errorf("the Pod already has a container named %q but no %s annotation: rename that container, or remove %s=%q",
+			SidecarName, AnnotationStatus, AnnotationInject, "true")
+	}
+	c, err = podConfig(c, pod.Annotations)
+	if err != nil {
+		return nil, err
+	}
+	if pod.Spec.HostNetwork {
+		if _, ok := pod.Annotations[AnnotationPort]; !ok {
+			return nil, fmt.Errorf("the Pod uses hostNetwork, so its side-car would listen on the node's loopback, shared with every other host-network Pod on the node: "+
+				"set the %s annotation to a port reserved for this Pod to accept that, or do not use hostNetwork", AnnotationPort)
+		}
+		warnings = append(warnings, fmt.Sprintf("hostNetwork Pod: the side-car's lock API on 127.0.0.1:%d is reachable by every process on the node", c.Port))
+	}
+	if pod.Spec.AutomountServiceAccountToken != nil && !*pod.Spec.AutomountServiceAccountToken {
+		warnings = append(warnings, "automountServiceAccountToken is false: the side-car has no credentials for the API server and will never be ready; "+
+			"mount a token into the side-car or remove automountServiceAccountToken: false")
+	}
+
+	addr := "127.0.0.1:" + strconv.Itoa(int(c.Port))
+	for i := range pod.Spec.InitContainers {
+		setEnvIfAbsent(&pod.Spec.InitContainers[i], wire.EnvAddress, addr)
+	}
+	for i := range pod.Spec.Containers {
+		setEnvIfAbsent(&pod.Spec.Containers[i], wire.EnvAddress, addr)
+	}
+
+	sidecar := sidecarContainer(c)
+	if c.Mode == ModeNative {
+		sidecar.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
+		// First among the init containers, so that later init containers can use it too.
+		pod.Spec.InitContainers = append([]corev1.Container{sidecar}, pod.Spec.InitContainers...)
+	} else {
+		pod.Spec.Containers = append(pod.Spec.Containers, sidecar)
+	}
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	pod.Annotations[AnnotationStatus] = StatusInjected
+	return warnings, nil
+}
+
+// sidecarContainer builds the side-car container for c.
+func sidecarContainer(c Config) corev1.Container {
+	healthPort := c.Port + 1
+	probe := func(path string, period, failures int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: path, Port: intstr.FromString(HealthPortName), Scheme: corev1.URISchemeHTTP,
+			}},
+			PeriodSeconds:    period,
+			FailureThreshold: failures,
+			TimeoutSeconds:   1,
+			SuccessThreshold: 1,
+		}
+	}
+	fieldEnv := func(name, path string) corev1.EnvVar {
+		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
+		}}
+	}
+	return corev1.Container{
+		Name:            SidecarName,
+		Image:           c.Image,
+		ImagePullPolicy: c.ImagePullPolicy,
+		Env: []corev1.EnvVar{
+			fieldEnv(EnvPodName, "metadata.name"),
+			fieldEnv(EnvPodNamespace, "metadata.namespace"),
+			fieldEnv(EnvPodUID, "metadata.uid"),
+			{Name: EnvListenAddress, Value: "127.0.0.1:" + strconv.Itoa(int(c.Port))},
+			{Name: EnvHealthAddress, Value: ":" + strconv.Itoa(int(healthPort))},
+			{Name: EnvLeaseDuration, Value: c.Timing.LeaseDuration.String()},
+			{Name: EnvRenewDeadline, Value: c.Timing.RenewDeadline.String()},
+			{Name: EnvRenewPeriod, Value: c.Timing.RenewPeriod.String()},
+			{Name: EnvRetryPeriod, Value: c.Timing.RetryPeriod.String()},
+			{Name: EnvLogLevel, Value: c.LogLevel},
+		},
+		Ports: []corev1.ContainerPort{{Name: HealthPortName, ContainerPort: healthPort, Protocol: corev1.ProtocolTCP}},
+		// The startup probe gates the application containers (native mode): they start once the
+		// side-car serves. Readiness also needs the Lease informer synced and the API server
+		// reachable, so a Pod without Lease RBAC starts but is reported not ready.
+		StartupProbe:             probe("/healthz", 1, 60),
+		ReadinessProbe:           probe("/readyz", 5, 2),
+		LivenessProbe:            probe("/healthz", 10, 3),
+		Resources:                *c.Resources.DeepCopy(),
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptr.To(true),
+			RunAsUser:                ptr.To(c.RunAsUser),
+			RunAsGroup:               ptr.To(c.RunAsGroup),
+			AllowPrivilegeEscalation: ptr.To(false),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}
+}
+
+func containerNamed(cs []corev1.Container, name string) bool {
+	for _, c := range cs {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// setEnvIfAbsent sets name=value in c unless c already sets name (the user's value wins).
+func setEnvIfAbsent(c *corev1.Container, name, value string) {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return
+		}
+	}
+	c.Env = append(c.Env, corev1.EnvVar{Name: name, Value: value})
+}

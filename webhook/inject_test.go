@@ -1,0 +1,337 @@
+package webhook_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/utils/ptr"
+
+	"github.com/metaparticle-io/sync/webhook"
+	"github.com/metaparticle-io/sync/wire"
+)
+
+const testImage = "example.test/metaparticle-sync/elector:v0"
+
+// check inspects the result of Inject.
+type check func(t *testing.T, before, after *corev1.Pod, warnings []string, err error)
+
+func unchanged() check {
+	return func(t *testing.T, before, after *corev1.Pod, _ []string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("got error %v; want none", err)
+		}
+		if !equality.Semantic.DeepEqual(before, after) {
+			t.Errorf("got Pod changed; want it unchanged")
+		}
+	}
+}
+
+func deniedWith(fragments ...string) check {
+	return func(t *testing.T, before, after *corev1.Pod, _ []string, err error) {
+		t.Helper()
+		if err == nil {
+			t.Fatalf("got no error; want a denial mentioning %q", fragments)
+		}
+		for _, f := range fragments {
+			if !strings.Contains(err.Error(), f) {
+				t.Errorf("got error %q; want it to mention %q", err, f)
+			}
+		}
+		if !equality.Semantic.DeepEqual(before, after) {
+			t.Errorf("got Pod changed on denial; want it unchanged")
+		}
+	}
+}
+
+func injectedAs(mode webhook.Mode) check {
+	return func(t *testing.T, _, after *corev1.Pod, _ []string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("got error %v; want injection", err)
+		}
+		if got := after.Annotations[webhook.AnnotationStatus]; got != webhook.StatusInjected {
+			t.Errorf("got status annotation %q; want %q", got, webhook.StatusInjected)
+		}
+		n := countSidecars(after)
+		if n != 1 {
+			t.Fatalf("got %d side-car containers; want 1", n)
+		}
+		s, native := sidecar(after)
+		if native != (mode == webhook.ModeNative) {
+			t.Errorf("got native=%v; want mode %s", native, mode)
+		}
+		if native {
+			if after.Spec.InitContainers[0].Name != webhook.SidecarName {
+				t.Errorf("got first init container %q; want the side-car first", after.Spec.InitContainers[0].Name)
+			}
+			if s.RestartPolicy == nil || *s.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+				t.Errorf("got side-car restartPolicy %v; want Always", s.RestartPolicy)
+			}
+		} else if s.RestartPolicy != nil {
+			t.Errorf("got classic side-car restartPolicy %v; want unset", *s.RestartPolicy)
+		}
+		sc := s.SecurityContext
+		switch {
+		case sc == nil:
+			t.Fatal("got no side-car securityContext")
+		case !ptr.Deref(sc.RunAsNonRoot, false), ptr.Deref(sc.AllowPrivilegeEscalation, true),
+			!ptr.Deref(sc.ReadOnlyRootFilesystem, false), sc.Capabilities == nil,
+			len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL",
+			sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault:
+			t.Errorf("got side-car securityContext %+v; want restricted (non-root, no escalation, read-only, drop ALL, RuntimeDefault)", sc)
+		}
+		if s.StartupProbe == nil || s.ReadinessProbe == nil {
+			t.Errorf("got startup probe %v, readiness probe %v; want both", s.StartupProbe, s.ReadinessProbe)
+		}
+		for _, name := range []string{webhook.EnvPodName, webhook.EnvPodNamespace, webhook.EnvPodUID} {
+			e := envNamed(s.Env, name)
+			if e == nil || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil {
+				t.Errorf("got side-car env %s = %+v; want a downward API fieldRef", name, e)
+			}
+		}
+	}
+}
+
+func appEnv(container, want string) check {
+	return func(t *testing.T, _, after *corev1.Pod, _ []string, _ error) {
+		t.Helper()
+		for _, cs := range [][]corev1.Container{after.Spec.InitContainers, after.Spec.Containers} {
+			for _, c := range cs {
+				if c.Name != container {
+					continue
+				}
+				e := envNamed(c.Env, wire.EnvAddress)
+				if e == nil || e.Value != want {
+					t.Errorf("got %s env %s = %+v; want %q", container, wire.EnvAddress, e, want)
+				}
+				return
+			}
+		}
+		t.Errorf("got no container %q", container)
+	}
+}
+
+func sidecarEnv(name, want string) check {
+	return func(t *testing.T, _, after *corev1.Pod, _ []string, _ error) {
+		t.Helper()
+		s, _ := sidecar(after)
+		if e := envNamed(s.Env, name); e == nil || e.Value != want {
+			t.Errorf("got side-car env %s = %+v; want %q", name, e, want)
+		}
+	}
+}
+
+func sidecarField(desc string, got func(corev1.Container) string, want string) check {
+	return func(t *testing.T, _, after *corev1.Pod, _ []string, _ error) {
+		t.Helper()
+		s, _ := sidecar(after)
+		if g := got(s); g != want {
+			t.Errorf("got side-car %s %q; want %q", desc, g, want)
+		}
+	}
+}
+
+func warned(fragment string) check {
+	return func(t *testing.T, _, _ *corev1.Pod, warnings []string, _ error) {
+		t.Helper()
+		for _, w := range warnings {
+			if strings.Contains(w, fragment) {
+				return
+			}
+		}
+		t.Errorf("got warnings %q; want one mentioning %q", warnings, fragment)
+	}
+}
+
+func noWarnings() check {
+	return func(t *testing.T, _, _ *corev1.Pod, warnings []string, _ error) {
+		t.Helper()
+		if len(warnings) != 0 {
+			t.Errorf("got warnings %q; want none", warnings)
+		}
+	}
+}
+
+func TestInject(t *testing.T) {
+	already := newPod(optedIn())
+	if _, err := webhook.Inject(already, webhook.DefaultConfig(testImage)); err != nil {
+		t.Fatalf("preparing an injected Pod: %v", err)
+	}
+
+	tests := []struct {
+		name   string
+		pod    *corev1.Pod
+		checks []check
+	}{
+		{"no annotation", newPod(), []check{unchanged()}},
+		{"opted out", newPod(annotated(webhook.AnnotationInject, "false")), []check{unchanged()}},
+		{"bad opt-in value", newPod(annotated(webhook.AnnotationInject, "yes")),
+			[]check{deniedWith(webhook.AnnotationInject, `"yes"`, `"true"`, `"false"`)}},
+		{"plain Pod", newPod(optedIn()), []check{injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:13131"),
+			sidecarEnv(webhook.EnvListenAddress, "127.0.0.1:13131"), sidecarEnv(webhook.EnvHealthAddress, ":13132"),
+			sidecarEnv(webhook.EnvLeaseDuration, "15s"), noWarnings()}},
+		{"several containers and init containers", newPod(optedIn(), withContainer("worker"), withInitContainer("migrate")),
+			[]check{injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:13131"), appEnv("worker", "127.0.0.1:13131"),
+				appEnv("migrate", "127.0.0.1:13131")}},
+		{"user's address wins", newPod(optedIn(), withContainer("custom", corev1.EnvVar{Name: wire.EnvAddress, Value: "127.0.0.1:9"})),
+			[]check{injectedAs(webhook.ModeNative), appEnv("custom", "127.0.0.1:9"), appEnv("app", "127.0.0.1:13131")}},
+		{"already injected", already, []check{unchanged()}},
+		{"foreign container with the side-car's name", newPod(optedIn(), withContainer(webhook.SidecarName)),
+			[]check{deniedWith(webhook.SidecarName, webhook.AnnotationStatus)}},
+		{"classic mode", newPod(optedIn(), annotated(webhook.AnnotationMode, "classic")), []check{injectedAs(webhook.ModeClassic)}},
+		{"overrides", newPod(optedIn(), annotated(
+			webhook.AnnotationImage, "example.test/other:v2",
+			webhook.AnnotationPort, "14000",
+			webhook.AnnotationLogLevel, "debug",
+			webhook.AnnotationCPURequest, "50m", webhook.AnnotationCPULimit, "1",
+			webhook.AnnotationMemoryRequest, "40Mi", webhook.AnnotationMemoryLimit, "128Mi",
+			webhook.AnnotationLeaseDuration, "20s", webhook.AnnotationRenewDeadline, "12s",
+			webhook.AnnotationRenewPeriod, "4s", webhook.AnnotationRetryPeriod, "500ms",
+		)), []check{
+			injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:14000"),
+			sidecarEnv(webhook.EnvListenAddress, "127.0.0.1:14000"), sidecarEnv(webhook.EnvHealthAddress, ":14001"),
+			sidecarEnv(webhook.EnvLogLevel, "debug"), sidecarEnv(webhook.EnvLeaseDuration, "20s"),
+			sidecarEnv(webhook.EnvRenewDeadline, "12s"), sidecarEnv(webhook.EnvRenewPeriod, "4s"),
+			sidecarEnv(webhook.EnvRetryPeriod, "500ms"),
+			sidecarField("image", func(c corev1.Container) string { return c.Image }, "example.test/other:v2"),
+			sidecarField("cpu request", func(c corev1.Container) string { return c.Resources.Requests.Cpu().String() }, "50m"),
+			sidecarField("cpu limit", func(c corev1.Container) string { return c.Resources.Limits.Cpu().String() }, "1"),
+			sidecarField("memory request", func(c corev1.Container) string { return c.Resources.Requests.Memory().String() }, "40Mi"),
+			sidecarField("memory limit", func(c corev1.Container) string { return c.Resources.Limits.Memory().String() }, "128Mi"),
+			sidecarField("health port", func(c corev1.Container) string {
+				return fmt.Sprintf("%s/%d", c.Ports[0].Name, c.Ports[0].ContainerPort)
+			}, webhook.HealthPortName+"/14001"),
+		}},
+		{"bad mode", newPod(optedIn(), annotated(webhook.AnnotationMode, "sidecar")),
+			[]check{deniedWith(webhook.AnnotationMode, `"sidecar"`, "native", "classic")}},
+		{"bad port", newPod(optedIn(), annotated(webhook.AnnotationPort, "80")),
+			[]check{deniedWith(webhook.AnnotationPort, `"80"`, "1024")}},
+		{"port not a number", newPod(optedIn(), annotated(webhook.AnnotationPort, "http")),
+			[]check{deniedWith(webhook.AnnotationPort, `"http"`)}},
+		{"bad log level", newPod(optedIn(), annotated(webhook.AnnotationLogLevel, "loud")),
+			[]check{deniedWith(webhook.AnnotationLogLevel, `"loud"`, "debug, info, error")}},
+		{"bad quantity", newPod(optedIn(), annotated(webhook.AnnotationMemoryLimit, "lots")),
+			[]check{deniedWith(webhook.AnnotationMemoryLimit, `"lots"`, "64Mi")}},
+		{"negative quantity", newPod(optedIn(), annotated(webhook.AnnotationCPURequest, "-1")),
+			[]check{deniedWith(webhook.AnnotationCPURequest, `"-1"`)}},
+		{"request over limit", newPod(optedIn(), annotated(webhook.AnnotationMemoryRequest, "1Gi")),
+			[]check{deniedWith("memory request 1Gi exceeds its limit 64Mi")}},
+		{"bad duration", newPod(optedIn(), annotated(webhook.AnnotationLeaseDuration, "soon")),
+			[]check{deniedWith(webhook.AnnotationLeaseDuration, `"soon"`, "15s")}},
+		{"timing out of order", newPod(optedIn(), annotated(webhook.AnnotationRenewDeadline, "30s")),
+			[]check{deniedWith(webhook.AnnotationLeaseDuration, "lease duration 15s must be longer than the renew deadline 30s")}},
+		{"every bad annotation named", newPod(optedIn(), annotated(webhook.AnnotationPort, "1", webhook.AnnotationImage, "a b")),
+			[]check{deniedWith(webhook.AnnotationPort, webhook.AnnotationImage)}},
+		{"hostNetwork without a port", newPod(optedIn(), withHostNetwork()),
+			[]check{deniedWith("hostNetwork", webhook.AnnotationPort)}},
+		{"hostNetwork with a port", newPod(optedIn(), withHostNetwork(), annotated(webhook.AnnotationPort, "15000")),
+			[]check{injectedAs(webhook.ModeNative), warned("every process on the node")}},
+		{"no service account token", newPod(optedIn(), func(p *corev1.Pod) { p.Spec.AutomountServiceAccountToken = ptr.To(false) }),
+			[]check{injectedAs(webhook.ModeNative), warned("automountServiceAccountToken")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := tt.pod.DeepCopy()
+			after := tt.pod.DeepCopy()
+			warnings, err := webhook.Inject(after, webhook.DefaultConfig(testImage))
+			for _, c := range tt.checks {
+				c(t, before, after, warnings, err)
+			}
+		})
+	}
+}
+
+// TestInjectIdempotent runs Inject again on its own output, as a reinvocation would.
+func TestInjectIdempotent(t *testing.T) {
+	for _, mode := range []string{"native", "classic"} {
+		pod := newPod(optedIn(), annotated(webhook.AnnotationMode, mode), withInitContainer("init"))
+		cfg := webhook.DefaultConfig(testImage)
+		if _, err := webhook.Inject(pod, cfg); err != nil {
+			t.Fatalf("%s: first injection: %v", mode, err)
+		}
+		once := pod.DeepCopy()
+		if _, err := webhook.Inject(pod, cfg); err != nil {
+			t.Fatalf("%s: second injection: %v", mode, err)
+		}
+		if !equality.Semantic.DeepEqual(once, pod) {
+			t.Errorf("%s: got Pod changed by a second injection; want it unchanged", mode)
+		}
+		if n := countSidecars(pod); n != 1 {
+			t.Errorf("%s: got %d side-cars; want 1", mode, n)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*webhook.Config)
+		want   string // fragment of the error; empty means valid
+	}{
+		{"defaults", func(*webhook.Config) {}, ""},
+		{"no image", func(c *webhook.Config) { c.Image = "" }, "image is required"},
+		{"bad mode", func(c *webhook.Config) { c.Mode = "x" }, `mode "x"`},
+		{"bad pull policy", func(c *webhook.Config) { c.ImagePullPolicy = "Sometimes" }, "Sometimes"},
+		{"privileged port", func(c *webhook.Config) { c.Port = 80 }, "port 80"},
+		{"root user", func(c *webhook.Config) { c.RunAsUser = 0 }, "non-root"},
+		{"bad log level", func(c *webhook.Config) { c.LogLevel = "trace" }, "trace"},
+		{"renew deadline not below lease", func(c *webhook.Config) { c.Timing.RenewDeadline = c.Timing.LeaseDuration },
+			"lease duration 15s must be longer than the renew deadline 15s"},
+		{"renew period not below deadline", func(c *webhook.Config) { c.Timing.RenewPeriod = 10e9 }, "renew deadline 10s must be longer than the renew period 10s"},
+		{"retry above renew period", func(c *webhook.Config) { c.Timing.RetryPeriod = 6e9 }, "renew period 5s must be at least the retry period 6s"},
+		{"zero retry", func(c *webhook.Config) { c.Timing.RetryPeriod = 0 }, "retry period 0s must be positive"},
+		{"fractional lease", func(c *webhook.Config) { c.Timing.LeaseDuration = 15500e6 }, "whole number of seconds"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := webhook.DefaultConfig(testImage)
+			tt.change(&c)
+			_, err := webhook.NewInjector(c, nil)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("got error %v; want none", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("got error %v; want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func sidecar(p *corev1.Pod) (c corev1.Container, native bool) {
+	for _, c := range p.Spec.InitContainers {
+		if c.Name == webhook.SidecarName {
+			return c, true
+		}
+	}
+	for _, c := range p.Spec.Containers {
+		if c.Name == webhook.SidecarName {
+			return c, false
+		}
+	}
+	return corev1.Container{}, false
+}
+
+func countSidecars(p *corev1.Pod) int {
+	n := 0
+	for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+		for _, c := range cs {
+			if c.Name == webhook.SidecarName {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func envNamed(env []corev1.EnvVar, name string) *corev1.EnvVar {
+	for i := range env {
+		if env[i].Name == name {
+			return &env[i]
+		}
+	}
+	return nil
+}

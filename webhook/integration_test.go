@@ -1,0 +1,307 @@
+package webhook_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/yaml"
+
+	"github.com/metaparticle-io/sync/internal/testenv"
+	"github.com/metaparticle-io/sync/webhook"
+)
+
+var (
+	env *testenv.Env
+	// seen records the names of the Pods the API server sent to the webhook.
+	seen = &podLog{}
+)
+
+type podLog struct {
+	mu    sync.Mutex // protects names
+	names []string
+}
+
+func (l *podLog) add(name string) { l.mu.Lock(); l.names = append(l.names, name); l.mu.Unlock() }
+
+func (l *podLog) count(name string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, s := range l.names {
+		if s == name {
+			n++
+		}
+	}
+	return n
+}
+
+// shippedWebhookConfiguration reads deploy/webhook/mutatingwebhookconfiguration.yaml, the file the
+// chart ships.
+func shippedWebhookConfiguration() (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(root, "deploy", "webhook", "mutatingwebhookconfiguration.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(b, &mwc); err != nil {
+		return nil, err
+	}
+	return &mwc, nil
+}
+
+func TestMain(m *testing.M) {
+	mwc, err := shippedWebhookConfiguration()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loading the webhook configuration:", err)
+		os.Exit(1)
+	}
+	// envtest turns the Service into https://<local host:port>/<path>: the API server calls
+	// 127.0.0.1, never a Service IP.
+	for i := range mwc.Webhooks {
+		p := strings.TrimPrefix(*mwc.Webhooks[i].ClientConfig.Service.Path, "/")
+		mwc.Webhooks[i].ClientConfig.Service.Path = &p
+	}
+	testenv.Main(m, &env, testenv.WithWebhooks(mwc))
+}
+
+// startInjector serves the injector's webhook on the local serving address envtest registered.
+func startInjector(t *testing.T) {
+	t.Helper()
+	startOnce.Do(func() {
+		cs := kubernetes.NewForConfigOrDie(env.Config)
+		in, err := webhook.NewInjector(webhook.DefaultConfig(testImage),
+			webhook.NewAccessChecker(cs.AuthorizationV1().SubjectAccessReviews(), time.Second, nil))
+		if err != nil {
+			startErr = err
+			return
+		}
+		srv := crwebhook.NewServer(crwebhook.Options{
+			Host: env.Webhook.LocalServingHost, Port: env.Webhook.LocalServingPort, CertDir: env.Webhook.LocalServingCertDir,
+		})
+		hook := webhook.NewWebhook(in)
+		srv.Register(webhook.Path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			var rev admissionv1.AdmissionReview
+			if json.Unmarshal(body, &rev) == nil && rev.Request != nil {
+				var p corev1.Pod
+				_ = json.Unmarshal(rev.Request.Object.Raw, &p)
+				seen.add(p.Name)
+			}
+			r.Body = io.NopCloser(strings.NewReader(string(body)))
+			hook.ServeHTTP(w, r)
+		}))
+		go func() { _ = srv.Start(context.Background()) }()
+		deadline := time.Now().Add(30 * time.Second)
+		for srv.StartedChecker()(nil) != nil {
+			if time.Now().After(deadline) {
+				startErr = fmt.Errorf("webhook server did not start")
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	if startErr != nil {
+		t.Fatal(startErr)
+	}
+}
+
+var (
+	startOnce sync.Once
+	startErr  error
+)
+
+// restrictedApp makes the application container itself restricted-compliant.
+func restrictedApp() podOpt {
+	return func(p *corev1.Pod) {
+		p.Spec.SecurityContext = &corev1.PodSecurityContext{
+			RunAsNonRoot:   ptr.To(true),
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		}
+		for i := range p.Spec.Containers {
+			p.Spec.Containers[i].SecurityContext = &corev1.SecurityContext{
+				AllowPrivilegeEscalation: ptr.To(false),
+				Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			}
+		}
+	}
+}
+
+func named(name string) podOpt { return func(p *corev1.Pod) { p.Name = name } }
+
+func inNamespace(ns string) podOpt { return func(p *corev1.Pod) { p.Namespace = ns } }
+
+// warningsCollector records the API server's warnings for one client.
+type warningsCollector struct {
+	mu   sync.Mutex // protects msgs
+	msgs []string
+}
+
+func (w *warningsCollector) HandleWarningHeader(_ int, _ string, msg string) {
+	w.mu.Lock()
+	w.msgs = append(w.msgs, msg)
+	w.mu.Unlock()
+}
+
+func (w *warningsCollector) all() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(w.msgs, "\n")
+}
+
+func clientWithWarnings(t *testing.T) (client.Client, *warningsCollector) {
+	t.Helper()
+	w := &warningsCollector{}
+	cfg := rest.CopyConfig(env.Config)
+	cfg.WarningHandler = w
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, w
+}
+
+func TestIntegrationInjection(t *testing.T) {
+	testenv.Require(t, env)
+	startInjector(t)
+	ctx := context.Background()
+
+	t.Run("annotated Pod gets the side-car", func(t *testing.T) {
+		ns := env.Namespace(t)
+		pod := newPod(optedIn(), named("annotated"), inNamespace(ns))
+		if err := env.Client.Create(ctx, pod); err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		s, native := sidecar(pod)
+		if !native || s.Image != testImage {
+			t.Fatalf("got side-car %q (native=%v) in the stored Pod; want native side-car %q", s.Name, native, testImage)
+		}
+		if got := pod.Annotations[webhook.AnnotationStatus]; got != webhook.StatusInjected {
+			t.Errorf("got status annotation %q; want %q", got, webhook.StatusInjected)
+		}
+		if got := seen.count("annotated"); got < 1 {
+			t.Errorf("got %d webhook calls for the annotated Pod; want at least 1", got)
+		}
+	})
+
+	t.Run("unannotated and opted-out Pods never reach the webhook", func(t *testing.T) {
+		ns := env.Namespace(t)
+		for _, p := range []*corev1.Pod{
+			newPod(named("plain"), inNamespace(ns)),
+			newPod(named("opted-out"), inNamespace(ns), annotated(webhook.AnnotationInject, "false")),
+		} {
+			if err := env.Client.Create(ctx, p); err != nil {
+				t.Fatalf("create %s: %v", p.Name, err)
+			}
+			if n := countSidecars(p); n != 0 {
+				t.Errorf("got %d side-cars in %s; want 0", n, p.Name)
+			}
+			if got := seen.count(p.Name); got != 0 {
+				t.Errorf("got %d webhook calls for %s; want 0 (matchConditions filter it)", got, p.Name)
+			}
+		}
+	})
+
+	t.Run("bad annotation is denied with its reason", func(t *testing.T) {
+		ns := env.Namespace(t)
+		pod := newPod(optedIn(), named("bad"), inNamespace(ns), annotated(webhook.AnnotationPort, "99999"))
+		err := env.Client.Create(ctx, pod)
+		if err == nil || !strings.Contains(err.Error(), `annotation metaparticle.io/port: invalid value "99999"`) {
+			t.Fatalf("got error %v; want a denial naming the annotation and value", err)
+		}
+	})
+
+	t.Run("restricted namespace admits the injected Pod", func(t *testing.T) {
+		ns := env.Namespace(t, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
+		privileged := newPod(named("privileged"), inNamespace(ns), func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+		})
+		if err := env.Client.Create(ctx, privileged); err == nil || !strings.Contains(err.Error(), "violates PodSecurity") {
+			t.Fatalf("got error %v for a privileged Pod; want a PodSecurity violation (is the policy enforced?)", err)
+		}
+		for _, mode := range []string{"native", "classic"} {
+			pod := newPod(optedIn(), restrictedApp(), named("restricted-"+mode), inNamespace(ns), annotated(webhook.AnnotationMode, mode))
+			if err := env.Client.Create(ctx, pod); err != nil {
+				t.Fatalf("%s: got %v; want the injected Pod admitted under restricted", mode, err)
+			}
+			if n := countSidecars(pod); n != 1 {
+				t.Errorf("%s: got %d side-cars; want 1", mode, n)
+			}
+		}
+	})
+
+	t.Run("RBAC warning only without Lease permissions", func(t *testing.T) {
+		ns := env.Namespace(t)
+		for _, sa := range []string{"bare", "with-leases"} {
+			if err := env.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: ns}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		role := &rbacv1.Role{
+			ObjectMeta: metav1.ObjectMeta{Name: "leases", Namespace: ns},
+			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: webhook.SidecarLeaseVerbs}},
+		}
+		binding := &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "leases", Namespace: ns},
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "leases"},
+			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "with-leases", Namespace: ns}},
+		}
+		for _, o := range []client.Object{role, binding} {
+			if err := env.Client.Create(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, tc := range []struct {
+			sa   string
+			want bool
+		}{{"bare", true}, {"with-leases", false}} {
+			c, warnings := clientWithWarnings(t)
+			pod := newPod(optedIn(), named("sa-"+tc.sa), inNamespace(ns), withServiceAccount(tc.sa))
+			if err := c.Create(ctx, pod); err != nil {
+				t.Fatalf("%s: create: %v", tc.sa, err)
+			}
+			want := "kubectl create rolebinding " + tc.sa + "-metaparticle-sync --namespace " + ns
+			if got := strings.Contains(warnings.all(), want); got != tc.want {
+				t.Errorf("%s: got warnings %q; want warning %q present=%v", tc.sa, warnings.all(), want, tc.want)
+			}
+		}
+	})
+
+	t.Run("injected Pod passes server-side validation in a dry run", func(t *testing.T) {
+		ns := env.Namespace(t)
+		pod := newPod(optedIn(), named("dry"), inNamespace(ns), withInitContainer("init"), withContainer("second"))
+		if err := env.Client.Create(ctx, pod, client.DryRunAll); err != nil {
+			t.Fatalf("dry-run create: %v", err)
+		}
+		if n := countSidecars(pod); n != 1 {
+			t.Errorf("got %d side-cars; want 1", n)
+		}
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{})
+		if !apierrors.IsNotFound(err) {
+			t.Errorf("got %v reading the dry-run Pod; want NotFound", err)
+		}
+	})
+}
