@@ -14,8 +14,9 @@ import (
 )
 
 // SidecarLeaseVerbs are the verbs the side-car needs on coordination.k8s.io Leases in its own
-// namespace (deploy/rbac/sidecar-role.yaml grants exactly these).
-var SidecarLeaseVerbs = []string{"get", "list", "watch", "create", "update"}
+// namespace: an informer (list, watch), the first grant of a name (create), grants, renewals and
+// releases (update). deploy/rbac/sidecar-role.yaml and the chart grant exactly these.
+var SidecarLeaseVerbs = []string{"list", "watch", "create", "update"}
 
 // AccessChecker asks the API server, with SubjectAccessReviews, whether a service account may use
 // Leases as the side-car does. Answers are cached for TTL per namespace and service account, so a

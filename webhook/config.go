@@ -81,7 +81,8 @@ type Config struct {
 	Resources corev1.ResourceRequirements
 	// Timing is the side-car's Lease timing. Default DefaultTiming.
 	Timing Timing
-	// LogLevel of the side-car: debug, info or error. Default info.
+	// LogLevel of the side-car: info (every state change) or debug (also lost races and every
+	// renewal). Default info.
 	LogLevel string
 	// RunAsUser and RunAsGroup of the side-car: they must match the image's non-root user.
 	// Default 65532 (the distroless "nonroot" user).
@@ -150,7 +151,10 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-var logLevels = []string{"debug", "info", "error"}
+var logLevels = []string{"info", "debug"}
+
+// sidecarVerbosity maps LogLevel to the side-car's numeric verbosity.
+var sidecarVerbosity = map[string]string{"info": "0", "debug": "2"}
 
 func validLogLevel(s string) bool {
 	for _, l := range logLevels {

@@ -29,7 +29,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Timing.RenewDeadline, "renew-deadline", c.Timing.RenewDeadline, "side-car renew deadline")
 	fs.DurationVar(&c.Timing.RenewPeriod, "renew-period", c.Timing.RenewPeriod, "side-car renew period")
 	fs.DurationVar(&c.Timing.RetryPeriod, "retry-period", c.Timing.RetryPeriod, "side-car retry period")
-	fs.StringVar(&c.LogLevel, "sidecar-log-level", c.LogLevel, "side-car log level: debug, info or error")
+	fs.StringVar(&c.LogLevel, "sidecar-log-level", c.LogLevel, "side-car log level: info or debug")
 	fs.Int64Var(&c.RunAsUser, "sidecar-uid", c.RunAsUser, "side-car runAsUser (the image's non-root user)")
 	fs.Int64Var(&c.RunAsGroup, "sidecar-gid", c.RunAsGroup, "side-car runAsGroup (the image's non-root group)")
 	fs.StringVar(&c.SidecarClusterRole, "sidecar-cluster-role", c.SidecarClusterRole, "ClusterRole that the RBAC warning tells users to bind")

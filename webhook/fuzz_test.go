@@ -86,7 +86,7 @@ var fuzzValuePool = [][]string{
 	{"", "", "", "32Mi", "64Mi", "1Gi", "1.5Gi", "0"},
 	{"", "", "", "16s", "60s", "1h", "15.5s"},
 	{"", "", "", "11s", "14s", "5s"},
-	{"", "", "debug", "info", "error", "warn"},
+	{"", "", "debug", "info", "error"},
 }
 
 // TestIntegrationInjectedSampleValidates dry-run creates a deterministic sample of fuzz-shaped Pods:

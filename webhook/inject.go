@@ -17,20 +17,20 @@ const SidecarName = "metaparticle-sync"
 // HealthPortName names the side-car's health and metrics port.
 const HealthPortName = "sync-health"
 
-// Environment variables the side-car reads. They mirror the side-car's flags (cmd/elector
-// --help); the injector cannot import the side-car's package, so the names are kept in step by
-// the end-to-end tests, which run injected side-cars.
+// Environment variables the side-car reads (cmd/elector --help lists them with its flags). The
+// injector cannot import the side-car's package, so webhook's tests check these names against the
+// side-car's settings. The lock API address is wire.EnvAddress, the same variable the application
+// reads.
 const (
-	EnvPodName       = "POD_NAME"
-	EnvPodNamespace  = "POD_NAMESPACE"
-	EnvPodUID        = "POD_UID"
-	EnvListenAddress = "METAPARTICLE_LISTEN_ADDRESS"
-	EnvHealthAddress = "METAPARTICLE_HEALTH_ADDRESS"
-	EnvLeaseDuration = "METAPARTICLE_LEASE_DURATION"
-	EnvRenewDeadline = "METAPARTICLE_RENEW_DEADLINE"
-	EnvRenewPeriod   = "METAPARTICLE_RENEW_PERIOD"
-	EnvRetryPeriod   = "METAPARTICLE_RETRY_PERIOD"
-	EnvLogLevel      = "METAPARTICLE_LOG_LEVEL"
+	EnvPodName       = "METAPARTICLE_SYNC_POD_NAME"
+	EnvPodNamespace  = "METAPARTICLE_SYNC_POD_NAMESPACE"
+	EnvPodUID        = "METAPARTICLE_SYNC_POD_UID"
+	EnvHealthAddress = "METAPARTICLE_SYNC_HEALTH_ADDR"
+	EnvLeaseDuration = "METAPARTICLE_SYNC_LEASE_DURATION"
+	EnvRenewDeadline = "METAPARTICLE_SYNC_RENEW_DEADLINE"
+	EnvRenewPeriod   = "METAPARTICLE_SYNC_RENEW_PERIOD"
+	EnvRetryPeriod   = "METAPARTICLE_SYNC_RETRY_PERIOD"
+	EnvLogLevel      = "METAPARTICLE_SYNC_LOG_LEVEL"
 )
 
 // Inject adds the side-car to pod as c and the Pod's annotations say, and returns warnings for the
@@ -116,13 +116,13 @@ func sidecarContainer(c Config) corev1.Container {
 			fieldEnv(EnvPodName, "metadata.name"),
 			fieldEnv(EnvPodNamespace, "metadata.namespace"),
 			fieldEnv(EnvPodUID, "metadata.uid"),
-			{Name: EnvListenAddress, Value: "127.0.0.1:" + strconv.Itoa(int(c.Port))},
+			{Name: wire.EnvAddress, Value: "127.0.0.1:" + strconv.Itoa(int(c.Port))},
 			{Name: EnvHealthAddress, Value: ":" + strconv.Itoa(int(healthPort))},
 			{Name: EnvLeaseDuration, Value: c.Timing.LeaseDuration.String()},
 			{Name: EnvRenewDeadline, Value: c.Timing.RenewDeadline.String()},
 			{Name: EnvRenewPeriod, Value: c.Timing.RenewPeriod.String()},
 			{Name: EnvRetryPeriod, Value: c.Timing.RetryPeriod.String()},
-			{Name: EnvLogLevel, Value: c.LogLevel},
+			{Name: EnvLogLevel, Value: sidecarVerbosity[c.LogLevel]},
 		},
 		Ports: []corev1.ContainerPort{{Name: HealthPortName, ContainerPort: healthPort, Protocol: corev1.ProtocolTCP}},
 		// The startup probe gates the application containers (native mode): they start once the

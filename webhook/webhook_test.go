@@ -126,7 +126,7 @@ func TestAdmissionHandler(t *testing.T) {
 			warning: "kubectl create rolebinding bare-metaparticle-sync --namespace ns --clusterrole metaparticle-sync-sidecar --serviceaccount ns:bare",
 			outcome: webhook.OutcomeInjected},
 		{name: "default service account", body: review(t, newPod(optedIn())), allowed: true, patched: true,
-			warning: "service account ns/default may not get, list, watch, create, update leases", outcome: webhook.OutcomeInjected},
+			warning: "service account ns/default may not list, watch, create, update leases", outcome: webhook.OutcomeInjected},
 		{name: "malformed JSON", body: []byte(`{"request": {`), code: http.StatusBadRequest, outcome: ""},
 		{name: "not a Pod", body: []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE","object":{"spec":{"containers":"nope"}}}}`),
 			code: http.StatusBadRequest, outcome: webhook.OutcomeError},

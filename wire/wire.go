@@ -59,11 +59,22 @@ const (
 	DefaultSessionTTL = 10 * time.Second
 )
 
-// Paths of version 1 of the API. Names in paths are URL path-escaped (url.PathEscape).
+// Paths of version 1 of the API. Names in paths are URL path-escaped (url.PathEscape), except
+// that the names "." and ".." are written "%2E" and "%2E%2E" (see EscapeName).
 const (
 	PathPrefix   = "/v1"
 	PathSessions = PathPrefix + "/sessions"
 )
+
+// EscapeName returns name escaped as one path segment: url.PathEscape(name), except that "."
+// and ".." become "%2E" and "%2E%2E", because clients and servers remove the dot-segments "."
+// and ".." from paths before routing them.
+func EscapeName(name string) string {
+	if name == "." || name == ".." {
+		return strings.ReplaceAll(name, ".", "%2E")
+	}
+	return url.PathEscape(name)
+}
 
 // SessionPath is the path of one session: DELETE ends it.
 func SessionPath(session string) string {
@@ -78,12 +89,12 @@ func SessionEventsPath(session string) string { return SessionPath(session) + "/
 
 // SessionLockPath is POSTed to acquire a lock for the session, DELETEd to release it.
 func SessionLockPath(session, name string) string {
-	return SessionPath(session) + "/locks/" + url.PathEscape(name)
+	return SessionPath(session) + "/locks/" + EscapeName(name)
 }
 
 // SessionElectionPath is PUT to stand in an election, DELETEd to leave it.
 func SessionElectionPath(session, name string) string {
-	return SessionPath(session) + "/elections/" + url.PathEscape(name)
+	return SessionPath(session) + "/elections/" + EscapeName(name)
 }
 
 // SessionResignPath is POSTed by a leader to give up leadership while staying a candidate.
@@ -92,10 +103,10 @@ func SessionResignPath(session, name string) string {
 }
 
 // LockPath is the read-only state of a lock ([LockState]).
-func LockPath(name string) string { return PathPrefix + "/locks/" + url.PathEscape(name) }
+func LockPath(name string) string { return PathPrefix + "/locks/" + EscapeName(name) }
 
 // ElectionPath is the read-only state of an election ([ElectionState]).
-func ElectionPath(name string) string { return PathPrefix + "/elections/" + url.PathEscape(name) }
+func ElectionPath(name string) string { return PathPrefix + "/elections/" + EscapeName(name) }
 
 // ElectionWatchPath streams an election's [ElectionState] as newline-delimited JSON: the current
 // state first, then one line per change of leader.

@@ -1,0 +1,90 @@
+package elector
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/metaparticle-io/sync/wire"
+)
+
+// Metric names, all prefixed metaparticle_sync_. Every metric that concerns holds has a "kind"
+// label, "lock" or "election".
+//
+//	holds                  gauge      holds this side-car has now
+//	waiting                gauge      lock waiters and election candidates not leading now
+//	sessions               gauge      open sessions
+//	grants_total           counter    grants: locks acquired, elections won
+//	waits_total            counter    ended lock waits, by result: granted, timeout, cancelled, failed
+//	wait_seconds           histogram  time from request (or candidacy) to grant
+//	renew_seconds          histogram  latency of successful renewals
+//	renew_failures_total   counter    failed renewal attempts (each may be retried)
+//	losses_total           counter    holds lost, by reason: renew_deadline, conflict, deleted, taken
+type metrics struct {
+	grants        *prometheus.CounterVec
+	waits         *prometheus.CounterVec
+	waitTime      *prometheus.HistogramVec
+	renewTime     *prometheus.HistogramVec
+	renewFailures *prometheus.CounterVec
+	losses        *prometheus.CounterVec
+}
+
+// Loss reasons, the values of the "reason" label of losses_total.
+const (
+	lossDeadline = "renew_deadline"
+	lossConflict = "conflict"
+	lossDeleted  = "deleted"
+	lossTaken    = "taken"
+)
+
+func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
+	const ns = "metaparticle_sync"
+	m := &metrics{
+		grants: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "grants_total", Help: "Grants: locks acquired and elections won.",
+		}, []string{"kind"}),
+		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "waits_total", Help: "Ended lock waits, by result (granted, timeout, cancelled, failed).",
+		}, []string{"kind", "result"}),
+		waitTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "wait_seconds", Help: "Time from acquire request or candidacy to grant.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 11), // 1ms .. ~17min
+		}, []string{"kind"}),
+		renewTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "renew_seconds", Help: "Latency of successful Lease renewals.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15), // 1ms .. ~16s
+		}, []string{"kind"}),
+		renewFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "renew_failures_total", Help: "Failed Lease renewal attempts.",
+		}, []string{"kind"}),
+		losses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "losses_total", Help: "Holds lost (not released), by reason.",
+		}, []string{"kind", "reason"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.grants, m.waits, m.waitTime, m.renewTime, m.renewFailures, m.losses, &gauges{e: e})
+	}
+	return m
+}
+
+// gauges computes the gauges at scrape time from the Engine's state, so they cannot drift.
+type gauges struct{ e *Engine }
+
+var (
+	holdsDesc    = prometheus.NewDesc("metaparticle_sync_holds", "Holds this side-car has now.", []string{"kind"}, nil)
+	waitingDesc  = prometheus.NewDesc("metaparticle_sync_waiting", "Lock waiters and election candidates not leading now.", []string{"kind"}, nil)
+	sessionsDesc = prometheus.NewDesc("metaparticle_sync_sessions", "Open sessions.", nil, nil)
+)
+
+func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
+	ch <- holdsDesc
+	ch <- waitingDesc
+	ch <- sessionsDesc
+}
+
+func (g *gauges) Collect(ch chan<- prometheus.Metric) {
+	s := g.e.snapshot()
+	for _, k := range []wire.Kind{wire.KindLock, wire.KindElection} {
+		ch <- prometheus.MustNewConstMetric(holdsDesc, prometheus.GaugeValue, float64(s.holds[k]), string(k))
+		ch <- prometheus.MustNewConstMetric(waitingDesc, prometheus.GaugeValue, float64(s.waiting[k]), string(k))
+	}
+	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(s.sessions))
+}
