@@ -1,0 +1,352 @@
+package sdk
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/metaparticle-io/sync/wire"
+)
+
+// A session is one session with the side-car, from its opening to its end. It ends, exactly once,
+// when its event stream breaks or reports it closed, when the side-car does not acknowledge a
+// keep-alive or stays silent for too long, when a request says the side-car no longer knows it,
+// or when the Client is closed. Ending reports every hold lost before anything else happens.
+type session struct {
+	c      *Client
+	id     string
+	holder string
+	ttl    time.Duration
+
+	// ctx ends, with the reason as its cause, when the session ends: requests made for the
+	// session are abandoned and its keep-alives stop.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	// conn ends after ctx, when the session's connections are closed (the event stream, whose
+	// closing ends the session at the side-car).
+	conn      context.Context
+	closeConn context.CancelCauseFunc
+	wg        sync.WaitGroup // the stream reader and the keep-alive loop
+
+	mu        sync.Mutex // protects err, locks, elections and the two timers
+	err       error      // why the session ended; nil while it is alive
+	locks     map[string]*lockEntry
+	elections map[string]*Election
+	silence   *time.Timer // ends the session when the event stream is silent for too long
+	unacked   *time.Timer // ends the session when no keep-alive is acknowledged for too long
+}
+
+// lockEntry is this session's use of a lock name, from the start of an acquire to the end of the
+// hold. While it exists, no other acquire of the name may start on the session.
+type lockEntry struct {
+	owner     *Lock
+	hold      *hold // nil while acquiring
+	releasing bool  // Release is telling the side-car; losses no longer matter
+	// While acquiring, losses reported for the name: a grant with a token at most lostUpTo (or
+	// any grant, if lostAny) is already lost when it arrives.
+	lostUpTo uint64
+	lostAny  bool
+}
+
+// deadline returns how long the SDK trusts the session without hearing from the side-car: three
+// quarters of its TTL, leaving a quarter for the side-car's own timing, so that holds are
+// reported lost before the side-car can end the session and hand them to someone else.
+func (s *session) deadline() time.Duration { return s.ttl * 3 / 4 }
+
+// openSession opens a session and its event stream, and returns once the stream said ready.
+func (c *Client) openSession(ctx context.Context) (*session, error) {
+	var sent time.Time // the session's TTL runs from (after) then
+	var ws wire.Session
+	req := wire.OpenSessionRequest{TTLMillis: c.cfg.ttl.Milliseconds(), Client: c.label}
+	if _, err := c.do(ctx, request{method: http.MethodPost, path: wire.PathSessions, body: req, out: &ws, sent: &sent}); err != nil {
+		return nil, fmt.Errorf("opening a session: %w", err)
+	}
+	if ws.ID == "" || ws.TTLMillis <= 0 {
+		return nil, fmt.Errorf("opening a session: %w", &malformedError{method: http.MethodPost, path: wire.PathSessions,
+			err: fmt.Errorf("session id %q, ttlMillis %d", ws.ID, ws.TTLMillis)})
+	}
+	s := &session{
+		c: c, id: ws.ID, holder: ws.Holder, ttl: time.Duration(ws.TTLMillis) * time.Millisecond,
+		locks: map[string]*lockEntry{}, elections: map[string]*Election{},
+	}
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.conn, s.closeConn = context.WithCancelCause(context.Background())
+	// Until the stream says ready, the caller's context bounds the wait; so does the retry
+	// timeout plus one attempt, in case the caller's context has no deadline and the side-car
+	// never speaks.
+	stopCaller := context.AfterFunc(ctx, func() { s.closeConn(ctx.Err()) })
+	readyWait := c.cfg.retryTimeout + attemptTimeout
+	readyTimer := time.AfterFunc(readyWait, func() {
+		s.closeConn(fmt.Errorf("no ready event on the event stream within %s", readyWait))
+	})
+	sc, err := s.openStream()
+	readyTimer.Stop()
+	if !stopCaller() || err != nil {
+		if err == nil {
+			err = context.Cause(s.conn)
+		}
+		s.cancel(err)
+		s.closeConn(err)
+		// The stream's connection is closed, which ends the session; say so anyway, in case it
+		// never opened.
+		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer dcancel()
+		_, _ = c.do(dctx, request{method: http.MethodDelete, path: wire.SessionPath(s.id), noRetry: true})
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("opening the event stream of session %s: %w", s.id, err)
+	}
+	s.silence = time.AfterFunc(s.deadline(), func() {
+		s.end(fmt.Errorf("the side-car sent nothing on the event stream for %s (session TTL %s)", s.deadline(), s.ttl))
+	})
+	s.unacked = time.AfterFunc(s.deadline()-time.Since(sent), func() {
+		s.end(fmt.Errorf("no keep-alive acknowledged for %s (session TTL %s)", s.deadline(), s.ttl))
+	})
+	s.wg.Add(2)
+	go s.read(sc)
+	go s.keepAlive(sent)
+	return s, nil
+}
+
+// openStream opens the event stream and reads its first event, which must be ready.
+func (s *session) openStream() (*bufio.Scanner, error) {
+	resp, err := s.c.do(s.conn, request{method: http.MethodGet, path: wire.SessionEventsPath(s.id), stream: true})
+	if err != nil {
+		return nil, err
+	}
+	context.AfterFunc(s.conn, func() { resp.Body.Close() })
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 4096), maxEventBytes)
+	for sc.Scan() {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		var ev wire.Event
+		if err := json.Unmarshal(line, &ev); err != nil || ev.Type != wire.EventReady {
+			return nil, fmt.Errorf("first event %q is not %q", snippet(line), wire.EventReady)
+		}
+		return sc, nil
+	}
+	if err := context.Cause(s.conn); err != nil {
+		return nil, err
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return nil, errors.New("the stream ended before its ready event")
+}
+
+// read follows the event stream until it ends, then ends the session.
+func (s *session) read(sc *bufio.Scanner) {
+	defer s.wg.Done()
+	for sc.Scan() {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		s.heard()
+		var ev wire.Event
+		if err := json.Unmarshal(line, &ev); err != nil {
+			s.end(fmt.Errorf("malformed event %q: %v", snippet(line), err))
+			return
+		}
+		switch ev.Type {
+		case wire.EventLost, wire.EventDeposed:
+			s.dispatchLoss(ev)
+		case wire.EventElected:
+			s.dispatchElected(ev)
+		case wire.EventClosed:
+			s.end(fmt.Errorf("the side-car closed the session: %s", orUnknown(ev.Reason)))
+			return
+		}
+		// ready, ping and types this SDK does not know carry nothing to act on.
+	}
+	err := sc.Err()
+	if err == nil {
+		err = errors.New("end of stream")
+	}
+	s.end(fmt.Errorf("the event stream broke: %v", err))
+}
+
+// keepAlive extends the session every TTL/3 until it ends.
+func (s *session) keepAlive(lastSent time.Time) {
+	defer s.wg.Done()
+	every := s.ttl / 3
+	bo := s.c.newBackoff()
+	next := lastSent.Add(every)
+	for sleep(s.ctx, time.Until(next)) {
+		sent := time.Now()
+		ctx, cancel := context.WithTimeout(s.ctx, s.deadline())
+		_, err := s.c.do(ctx, request{method: http.MethodPost, path: wire.SessionKeepAlivePath(s.id), noRetry: true})
+		cancel()
+		switch {
+		case err == nil:
+			s.acked(sent)
+			bo = s.c.newBackoff()
+			next = sent.Add(every)
+		case code(err) == wire.CodeNoSession:
+			s.end(fmt.Errorf("the side-car no longer knows the session: %v", err))
+			return
+		default:
+			// Try again soon; the unacked timer ends the session if this goes on.
+			next = time.Now().Add(min(bo.next(), every))
+		}
+	}
+}
+
+// heard notes that the side-car spoke on the event stream.
+func (s *session) heard() {
+	s.mu.Lock()
+	if s.err == nil {
+		s.silence.Reset(s.deadline())
+	}
+	s.mu.Unlock()
+}
+
+// acked notes that a keep-alive sent at sent was acknowledged.
+func (s *session) acked(sent time.Time) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.unacked.Reset(s.deadline() - time.Since(sent))
+	}
+	s.mu.Unlock()
+}
+
+// alive reports whether the session has not ended.
+func (s *session) alive() bool { return s.ctx.Err() == nil }
+
+// end ends the session for cause, if it has not ended, and closes its connections: see
+// markEnded. It does not wait for the session's goroutines, which may be the caller.
+func (s *session) end(cause error) {
+	s.markEnded(cause)
+	s.closeConn(s.cause())
+}
+
+// markEnded ends the session for cause without closing its connections: every hold is reported
+// lost, every election deposed, requests made for the session are abandoned and the Client
+// forgets it. It reports whether this call ended it.
+func (s *session) markEnded(cause error) bool {
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return false
+	}
+	s.err = cause
+	if s.silence != nil {
+		s.silence.Stop()
+		s.unacked.Stop()
+	}
+	locks, elections := s.locks, s.elections
+	s.locks, s.elections = nil, nil
+	// Report within the lock, so that no grant registers after the losses are told.
+	for name, le := range locks {
+		if le.hold != nil && !le.releasing {
+			le.hold.end(fmt.Errorf("%w: lock %q (token %d): session %s ended: %v", ErrLost, name, le.hold.token, s.id, cause))
+		}
+	}
+	for _, e := range elections {
+		e.sessionEnded(s, cause)
+	}
+	s.cancel(cause)
+	s.mu.Unlock()
+	s.c.forget(s)
+	return true
+}
+
+// stop ends the session for cause if it has not ended, closes its connections and waits for its
+// goroutines. The side-car ends a session whose event stream closes.
+func (s *session) stop(cause error) {
+	s.end(cause)
+	s.wg.Wait()
+}
+
+// cause returns why the session ended, or nil.
+func (s *session) cause() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// bind returns a context that ends with ctx or with the session, whichever ends first; its
+// cause is errSessionEnded in the second case.
+func (s *session) bind(ctx context.Context) (context.Context, context.CancelFunc) {
+	bctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(s.ctx, func() { cancel(errSessionEnded) })
+	return bctx, func() { stop(); cancel(context.Canceled) }
+}
+
+// dispatchLoss handles a lost or deposed event.
+func (s *session) dispatchLoss(ev wire.Event) {
+	if ev.Grant == nil {
+		// A loss that names nothing: on doubt, everything is lost.
+		s.end(fmt.Errorf("the side-car reported a %s without naming it: %s", ev.Type, orUnknown(ev.Reason)))
+		return
+	}
+	name := ev.Grant.Name
+	tok, tokErr := strconv.ParseUint(ev.Grant.Token, 10, 64)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	if ev.Kind == wire.KindElection || (ev.Kind == "" && ev.Type == wire.EventDeposed) {
+		if e := s.elections[name]; e != nil {
+			e.deposed(s, tok, tokErr == nil, ev.Reason)
+		}
+		return
+	}
+	le := s.locks[name]
+	if le == nil || le.releasing {
+		return
+	}
+	if le.hold == nil {
+		if tokErr != nil {
+			le.lostAny = true
+		} else {
+			le.lostUpTo = max(le.lostUpTo, tok)
+		}
+		return
+	}
+	if tokErr == nil && tok < le.hold.token {
+		return // about an earlier hold of the name; tokens only grow
+	}
+	delete(s.locks, name)
+	le.hold.end(fmt.Errorf("%w: lock %q (token %d): %s", ErrLost, name, le.hold.token, orUnknown(ev.Reason)))
+}
+
+// dispatchElected handles an elected event.
+func (s *session) dispatchElected(ev wire.Event) {
+	if ev.Grant == nil {
+		s.end(errors.New("the side-car reported an election without naming it"))
+		return
+	}
+	tok, err := strconv.ParseUint(ev.Grant.Token, 10, 64)
+	if err != nil {
+		s.end(fmt.Errorf("the side-car reported election %q with token %q: %v", ev.Grant.Name, ev.Grant.Token, err))
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	if e := s.elections[ev.Grant.Name]; e != nil {
+		e.elected(s, tok)
+	}
+}
+
+func orUnknown(reason string) string {
+	if reason == "" {
+		return "no reason given"
+	}
+	return reason
+}
