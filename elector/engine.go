@@ -179,8 +179,31 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 		sessions = append(sessions, s)
 	}
 	e.smu.Unlock()
+	// Tell every client first, and give their event streams up to shutdownNotice to write the
+	// news, so that applications learn their holds ended before other Pods can take them.
+	ended := make([]endedSession, 0, len(sessions))
 	for _, s := range sessions {
-		e.endSession(s, "the side-car is shutting down", wire.CodeShuttingDown)
+		if names, ok := e.closeSession(s, "the side-car is shutting down", wire.CodeShuttingDown); ok {
+			ended = append(ended, endedSession{s, names})
+		}
+	}
+	notice := e.clock.NewTimer(shutdownNotice)
+	for _, x := range ended {
+		x.s.mu.Lock()
+		streaming := x.s.streaming
+		x.s.mu.Unlock()
+		if !streaming {
+			continue
+		}
+		select {
+		case <-x.s.flushed:
+		case <-notice.C():
+		case <-ctx.Done():
+		}
+	}
+	notice.Stop()
+	for _, x := range ended {
+		e.releaseSession(x.s, x.names)
 	}
 	for _, n := range e.allNames() {
 		n.mu.Lock()
@@ -392,18 +415,6 @@ func (e *Engine) workerDone() {
 	}
 }
 
-// isLiveLocalSession reports whether holder names a session of this side-car that is open.
-func (e *Engine) isLiveLocalSession(holder string) bool {
-	pod, id, ok := splitHolder(holder)
-	if !ok || pod != e.cfg.PodName {
-		return false
-	}
-	e.smu.Lock()
-	defer e.smu.Unlock()
-	_, ok = e.sessions[id]
-	return ok
-}
-
 type engineSnapshot struct {
 	holds, waiting map[wire.Kind]int
 	sessions       int
@@ -437,7 +448,7 @@ func (e *Engine) OpenSession(req wire.OpenSessionRequest) (wire.Session, error) 
 	ttl := wire.DefaultSessionTTL
 	if req.TTLMillis != 0 {
 		ttl = time.Duration(req.TTLMillis) * time.Millisecond
-		if req.TTLMillis < 0 || ttl < wire.MinSessionTTL || ttl > wire.MaxSessionTTL {
+		if req.TTLMillis < wire.MinSessionTTL.Milliseconds() || req.TTLMillis > wire.MaxSessionTTL.Milliseconds() {
 			return wire.Session{}, errorf(wire.CodeInvalidTimeout, "ttlMillis %d is out of range: use 0 for the default (%d) or a value within [%d, %d]",
 				req.TTLMillis, wire.DefaultSessionTTL.Milliseconds(), wire.MinSessionTTL.Milliseconds(), wire.MaxSessionTTL.Milliseconds())
 		}
@@ -457,6 +468,7 @@ func (e *Engine) OpenSession(req wire.OpenSessionRequest) (wire.Session, error) 
 		ttl:       ttl,
 		notify:    make(chan struct{}, 1),
 		done:      make(chan struct{}),
+		flushed:   make(chan struct{}),
 		interests: map[*nameState]bool{},
 	}
 	e.smu.Lock()
@@ -555,13 +567,30 @@ func (e *Engine) StreamEvents(ctx context.Context, id string, emit func(wire.Eve
 	return e.stream(ctx, s, emit)
 }
 
+// shutdownNotice bounds how long Shutdown waits for event streams to tell their clients that
+// their sessions ended, before it releases their holds.
+const shutdownNotice = time.Second
+
+type endedSession struct {
+	s     *session
+	names []*nameState
+}
+
 // endSession ends s for reason: its waits fail with code, its candidacies end and its holds are
 // released. Idempotent.
 func (e *Engine) endSession(s *session, reason string, code wire.ErrorCode) {
+	if names, ok := e.closeSession(s, reason, code); ok {
+		e.releaseSession(s, names)
+	}
+}
+
+// closeSession marks s ended and queues EventClosed; it returns the names where s has interests,
+// and false when s had ended already. releaseSession must follow.
+func (e *Engine) closeSession(s *session, reason string, code wire.ErrorCode) ([]*nameState, bool) {
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
-		return
+		return nil, false
 	}
 	s.ended = true
 	s.endReason = reason
@@ -583,6 +612,11 @@ func (e *Engine) endSession(s *session, reason string, code wire.ErrorCode) {
 	delete(e.sessions, s.id)
 	e.smu.Unlock()
 	e.log.Info("session ended", "session", s.id, "reason", reason)
+	return names, true
+}
+
+// releaseSession fails the waits of the ended session s and releases its holds in names.
+func (e *Engine) releaseSession(s *session, names []*nameState) {
 	for _, n := range names {
 		n.sessionEnded(s)
 	}

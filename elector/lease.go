@@ -3,7 +3,6 @@ package elector
 import (
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -49,15 +48,6 @@ func durationOf(l *coordinationv1.Lease, def time.Duration) time.Duration {
 		return def
 	}
 	return time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
-}
-
-// splitHolder splits a holder identity "<pod>/<session>".
-func splitHolder(holder string) (pod, session string, ok bool) {
-	i := strings.LastIndexByte(holder, '/')
-	if i < 0 {
-		return "", "", false
-	}
-	return holder[:i], holder[i+1:], true
 }
 
 // newLease returns a Lease, to be created, that names holder as holder of the lock or election.

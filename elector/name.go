@@ -202,8 +202,8 @@ func (n *nameState) state(now time.Time) wire.LockState {
 		st.LeaseDurationSeconds = *l.Spec.LeaseDurationSeconds
 	}
 	holder := holderOf(l)
-	if holder == "" {
-		return st
+	if holder == "" || st.Token == "" {
+		return st // free, or being created: no grant until its token is written
 	}
 	ours := n.hold != nil && n.hold.s.holder == holder
 	if !ours && now.After(n.expiry()) {

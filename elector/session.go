@@ -23,8 +23,9 @@ type session struct {
 	client string // free-form label from the client, for logs
 	ttl    time.Duration
 
-	notify chan struct{} // capacity 1: signalled when events are queued or the session ends
-	done   chan struct{} // closed when the session ends
+	notify  chan struct{} // capacity 1: signalled when events are queued or the session ends
+	done    chan struct{} // closed when the session ends
+	flushed chan struct{} // closed once the event stream has written EventClosed
 
 	mu        sync.Mutex          // protects the fields below
 	ended     bool                // set once, by Engine.endSession
@@ -72,6 +73,13 @@ func (s *session) post(ev wire.Event) bool {
 	return true
 }
 
+// hasEnded reports whether s has ended.
+func (s *session) hasEnded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended
+}
+
 // endErr is the error for calls on s after it ended.
 func (s *session) endErr() error {
 	s.mu.Lock()
@@ -103,6 +111,7 @@ func (e *Engine) stream(ctx context.Context, s *session, emit func(wire.Event) e
 				return err
 			}
 			if ev.Type == wire.EventClosed {
+				close(s.flushed)
 				return nil
 			}
 		}

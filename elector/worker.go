@@ -166,7 +166,7 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 		if n.obj == nil {
 			return &action{op: opCreate, c: c, baseRV: n.rv, start: now, deadline: now.Add(cfg.RenewDeadline)}, time.Time{}
 		}
-		if n.free(now) {
+		if n.free(now, c) {
 			return &action{op: opTake, c: c, base: n.obj.DeepCopy(), baseRV: n.rv, start: now, deadline: now.Add(cfg.RenewDeadline)}, time.Time{}
 		}
 		if c.try {
@@ -205,13 +205,14 @@ func (n *nameState) watchExpiry(now time.Time) time.Time {
 	return time.Time{}
 }
 
-// free reports whether a local contender may take the Lease now (there is no local hold): it
-// has no holder; or its holder is an open session of this side-car, which therefore does not
-// hold it (its hold was lost, or a grant was abandoned); or this side-car has not seen it
-// change for its lease duration.
-func (n *nameState) free(now time.Time) bool {
+// free reports whether contender c may take the Lease now (there is no local hold): it has no
+// holder; or its holder is c's own session, which was told it lost it; or this side-car has not
+// seen it change for its lease duration. Another session of this side-car whose hold was lost
+// is treated like a foreign Pod: it was told "lost" at its renew deadline, and the lease duration
+// that others wait out keeps that notice ahead of any new grant.
+func (n *nameState) free(now time.Time, c *contender) bool {
 	holder := holderOf(n.obj)
-	if holder == "" || n.e.isLiveLocalSession(holder) {
+	if holder == "" || holder == c.s.holder {
 		return true
 	}
 	return now.After(n.expiry())
@@ -296,6 +297,9 @@ func (n *nameState) apply(a *action, r result, now time.Time) {
 		}
 		if r.err == nil {
 			h.renewStart, h.next = a.start, a.start.Add(n.e.cfg.RenewPeriod)
+			if h.release {
+				h.next = now // a release was asked for while the renew was in flight
+			}
 			n.e.m.renewTime.WithLabelValues(string(n.kind)).Observe(now.Sub(a.start).Seconds())
 			log.V(2).Info("renewed", "session", h.s.id, "token", h.grant.Token)
 			return
@@ -308,6 +312,9 @@ func (n *nameState) apply(a *action, r result, now time.Time) {
 			n.lose(h, lossDeleted, "the Lease was deleted", now)
 		default:
 			h.next = now.Add(n.e.cfg.RetryPeriod)
+			if h.release {
+				h.next = now // release now rather than retry the renew
+			}
 			log.Error(r.err, "renewing failed; retrying until the renew deadline", "session", h.s.id, "token", h.grant.Token,
 				"deadline", h.renewStart.Add(n.e.cfg.RenewDeadline))
 		}
@@ -342,11 +349,12 @@ func (n *nameState) granted(a *action, token uint64, now time.Time) {
 	n.e.m.waitTime.WithLabelValues(string(n.kind)).Observe(now.Sub(c.since).Seconds())
 	log := n.e.log.WithValues("kind", n.kind, "name", n.name, "lease", n.lease, "session", c.s.id, "token", h.grant.Token)
 
-	wanted := false
+	wanted := !c.s.hasEnded()
+	found := false
 	for _, x := range n.queue {
-		wanted = wanted || x == c
+		found = found || x == c
 	}
-	if !wanted {
+	if !wanted || !found {
 		// The contender went away during the write: give the Lease back.
 		log.Info("granted to a contender that went away; releasing")
 		n.requestRelease(h, "the contender went away during the grant", now)
