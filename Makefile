@@ -57,7 +57,7 @@ unit: ## Unit tests with the race detector; no control plane (go test -short).
 	go test -race -short $(GO_TEST_FLAGS) ./...
 
 .PHONY: integration
-integration: control-plane ## All tests, including those against a real kube-apiserver and etcd (envtest).
+integration: control-plane cert-manager ## All tests, including those against a real kube-apiserver and etcd (envtest).
 	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh --print-assets) go test -count=1 $(GO_TEST_FLAGS) ./...
 
 .PHONY: fuzz-smoke
@@ -77,6 +77,10 @@ bench: ## Benchmarks against baselines measured in the same run (not built yet).
 .PHONY: control-plane
 control-plane: ## Build kube-apiserver, kubectl, etcd and helm from the Go module proxy into the cache (once).
 	hack/control-plane.sh
+
+.PHONY: cert-manager
+cert-manager: ## Build the test-only binary that runs cert-manager's real controllers (once).
+	hack/cert-manager.sh
 
 .PHONY: demo
 demo: ## Run the demo on a local single-node cluster (not built yet).
