@@ -12,6 +12,8 @@ import (
 
 // ServerOptions configure the injector's webhook server. The zero value is not valid.
 type ServerOptions struct {
+	// Host the webhook server listens on. Empty means every interface.
+	Host string
 	// Port the webhook server listens on (TLS). The chart's Service targets it. Default 9443.
 	Port int
 	// CertDir holds tls.crt and tls.key. They are reloaded when they change on disk (as when
@@ -31,7 +33,7 @@ func NewServer(opts ServerOptions) crwebhook.Server {
 	if !opts.EnableHTTP2 {
 		tlsOpts = append(tlsOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
 	}
-	return crwebhook.NewServer(crwebhook.Options{Port: opts.Port, CertDir: opts.CertDir, TLSOpts: tlsOpts})
+	return crwebhook.NewServer(crwebhook.Options{Host: opts.Host, Port: opts.Port, CertDir: opts.CertDir, TLSOpts: tlsOpts})
 }
 
 // Setup registers the injector for config on mgr's webhook server, and its health and readiness
