@@ -30,9 +30,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -172,7 +174,18 @@ func Main(m *testing.M, env **Env, opts ...Option) {
 	}
 	fmt.Fprintf(os.Stderr, "testenv: control plane up in %s at %s\n", time.Since(start).Round(time.Millisecond), e.Config.Host)
 	*env = e
+	// A test binary stopped by a signal (Ctrl-C, a CI timeout) must not leave etcd and
+	// kube-apiserver running.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "testenv: %s: stopping the control plane\n", s)
+		_ = e.Stop()
+		os.Exit(130)
+	}()
 	code := m.Run()
+	signal.Stop(sigs)
 	if err := e.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "testenv: stopping control plane:", err)
 	}
