@@ -1,0 +1,232 @@
+package syncctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+)
+
+// PluginName is the executable name under which kubectl runs the CLI as "kubectl sync".
+const PluginName = "kubectl-sync"
+
+// defaultCallTimeout bounds each request (but not a watch) when --request-timeout is not given,
+// so that an unreachable cluster ends in an error instead of a hang.
+const defaultCallTimeout = 30 * time.Second
+
+// Run runs the command line args (without the program name) of the program named program
+// (os.Args[0]) and returns the exit code: 0 on success, 1 when the command failed (no cluster,
+// forbidden, not found), 2 for a usage error (bad flags or arguments). Results go to stdout;
+// an error is one line on stderr. A program named kubectl-sync shows its usage as "kubectl sync".
+// A watch (-w) ends without error when ctx ends; a request cut short by the end of ctx exits
+// with 130 (as for SIGINT) and no message. Run has no process-wide side effects (see Main).
+func Run(ctx context.Context, program string, args []string, stdout, stderr io.Writer) int {
+	return newCLI(program, stdout, stderr, clock.RealClock{}).run(ctx, args)
+}
+
+// cli is one invocation of the command.
+type cli struct {
+	display string // the command as the user types it: "syncctl" or "kubectl sync"
+	out     io.Writer
+	errOut  io.Writer
+	clock   clock.Clock
+	flags   *genericclioptions.ConfigFlags
+	host    string // the API server's URL, once the configuration is loaded
+}
+
+func newCLI(program string, stdout, stderr io.Writer, clk clock.Clock) *cli {
+	return &cli{display: displayName(program), out: stdout, errOut: stderr, clock: clk}
+}
+
+// displayName is how the user invokes program: "kubectl sync" for the plugin, the base name of
+// the executable otherwise.
+func displayName(program string) string {
+	base := strings.TrimSuffix(filepath.Base(program), ".exe")
+	switch base {
+	case PluginName:
+		return "kubectl sync"
+	case "", ".", string(filepath.Separator):
+		return "syncctl"
+	}
+	return base
+}
+
+// usageError marks an error in the command line: exit code 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// Main is the whole program: it silences client-go's logging (klog; process-wide, so it is done
+// here and not in Run), runs the command line of the process until SIGINT or SIGTERM, and exits
+// with Run's exit code.
+func Main() {
+	// client-go logs through klog (retries, watch errors): none of that belongs on a CLI's
+	// terminal. Errors are reported, once and in one line, by the commands.
+	klog.SetLogger(logr.Discard())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := Run(ctx, os.Args[0], os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func (c *cli) run(ctx context.Context, args []string) int {
+	root := c.rootCommand()
+	root.SetArgs(args)
+	root.SetOut(c.out)
+	root.SetErr(c.errOut)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		return 0
+	}
+	msg := oneLine(err.Error())
+	var ue usageError
+	if errors.As(err, &ue) {
+		if cmd == nil {
+			cmd = root
+		}
+		fmt.Fprintf(c.errOut, "error: %s (see '%s --help')\n", msg, cmd.CommandPath())
+		return 2
+	}
+	if ctx.Err() != nil {
+		// Interrupted (Ctrl-C) during a request: the request's error would only say so
+		// confusingly. Exit as a shell does for SIGINT.
+		return 130
+	}
+	fmt.Fprintf(c.errOut, "error: %s\n", msg)
+	return 1
+}
+
+func (c *cli) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "syncctl",
+		Short: "Show who holds the locks and leads the elections of Metaparticle Sync",
+		Long: fmt.Sprintf(`Show who holds the locks and leads the elections of Metaparticle Sync: the holder's
+Pod and session, since when, with which fencing token, and when the hold expires.
+
+It reads the coordination.k8s.io/v1 Leases labelled
+  %s
+with the kubeconfig and context kubectl would use (--kubeconfig, $KUBECONFIG, ~/.kube/config;
+--context, -n). It needs get, list and watch on leases, and get on pods for describe.
+
+To use it as the kubectl plugin "kubectl sync", build it as %s into a directory on
+your PATH:
+  go build -o ~/.local/bin/kubectl-sync ./cmd/syncctl`, selectorAll(), PluginName),
+		Example: c.examples(`
+  # Locks in the current namespace: who holds them, since when, with which token
+  %[1]s locks
+
+  # Leaders of every election in every namespace, updated live
+  %[1]s elections -A --watch
+
+  # One lock in detail, with the Pod that holds it
+  %[1]s describe orders/eu -n shop
+
+  # For scripts: the token of every held lock
+  %[1]s locks -o json | jq -r '.items[] | select(.held) | .name + " " + .token'`),
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+				return usagef("unknown command %q (did you mean %q?)", args[0], s[0])
+			}
+			return usagef("unknown command %q", args[0])
+		},
+		RunE: func(*cobra.Command, []string) error {
+			return usagef("missing command: locks, elections or describe")
+		},
+	}
+	root.SuggestionsMinimumDistance = 2
+	root.Annotations = map[string]string{cobra.CommandDisplayNameAnnotation: c.display}
+	root.CompletionOptions.HiddenDefaultCmd = true
+	// The root runs only to report a missing or unknown command: show no usage line for it.
+	root.SetUsageTemplate(strings.Replace(root.UsageTemplate(),
+		"Usage:{{if .Runnable}}", "Usage:{{if and .Runnable (not .HasAvailableSubCommands)}}", 1))
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+
+	c.flags = genericclioptions.NewConfigFlags(true)
+	c.flags.CacheDir = nil // no discovery, so no discovery cache
+	c.flags.WrapConfigFn = func(cfg *rest.Config) *rest.Config {
+		cfg.WarningHandler = rest.NoWarnings{}
+		cfg.UserAgent = "metaparticle-syncctl"
+		return cfg
+	}
+	c.flags.AddFlags(root.PersistentFlags())
+
+	root.AddCommand(c.listCommand(kindLock), c.listCommand(kindElection), c.describeCommand())
+	return root
+}
+
+// examples fills the command's display name into an Example text.
+func (c *cli) examples(text string) string {
+	return strings.TrimPrefix(fmt.Sprintf(text, c.display), "\n")
+}
+
+// noArgs refuses positional arguments, as a usage error.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("%q takes no arguments, got %q", cmd.Name(), args[0])
+	}
+	return nil
+}
+
+// client loads the kubeconfig the way kubectl does and returns a clientset.
+func (c *cli) client() (kubernetes.Interface, error) {
+	// Like kubectl, client-go falls back to http://localhost:8080 when nothing is configured;
+	// say what is missing instead of failing to connect there.
+	raw, err := c.flags.ToRawKubeConfigLoader().RawConfig()
+	if err == nil && len(raw.Clusters) == 0 && *c.flags.APIServer == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return nil, errNoConfig
+	}
+	cfg, err := c.flags.ToRESTConfig()
+	if err != nil {
+		return nil, explainConfig(err)
+	}
+	c.host = cfg.Host
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, explainConfig(err)
+	}
+	return cs, nil
+}
+
+// namespace is the namespace of -n, or else the current context's, or else "default".
+func (c *cli) namespace() (string, error) {
+	ns, _, err := c.flags.ToRawKubeConfigLoader().Namespace()
+	if err != nil {
+		return "", explainConfig(err)
+	}
+	return ns, nil
+}
+
+// callContext bounds one request by defaultCallTimeout, unless --request-timeout bounds it.
+func (c *cli) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.flags != nil && c.flags.Timeout != nil && *c.flags.Timeout != "" && *c.flags.Timeout != "0" {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, defaultCallTimeout)
+}
+
+// oneLine joins the lines of a message, so that every error is one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
