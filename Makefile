@@ -50,7 +50,7 @@ $(STATICCHECK):
 ##@ Testing
 
 .PHONY: test
-test: lint unit integration fuzz-smoke ## Everything CI checks: lint, unit, integration (real API server) and fuzz smoke runs.
+test: lint unit integration fuzz-smoke python-test ## Everything CI checks: lint, unit, integration (real API server), fuzz smoke runs, the Python client.
 
 .PHONY: unit
 unit: ## Unit tests with the race detector; no control plane (go test -short).
@@ -67,6 +67,15 @@ fuzz-smoke: ## Run every fuzz target for FUZZTIME each.
 .PHONY: fuzz
 fuzz: FUZZTIME = 5m
 fuzz: fuzz-smoke ## Run every fuzz target for 5 minutes each.
+
+.PHONY: python-test
+python-test: control-plane ## Python SDK (sdk/python) with unittest against real side-cars (cmd/elector) on a real API server.
+	@mkdir -p $(BIN)
+	go build -o $(BIN)/elector ./cmd/elector
+	go build -o $(BIN)/pytest-env ./hack/pytest-env
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh --print-assets) METAPARTICLE_ELECTOR_BIN=$(CURDIR)/$(BIN)/elector \
+	  METAPARTICLE_PYTEST_ENV_BIN=$(CURDIR)/$(BIN)/pytest-env PYTHONPATH=$(CURDIR)/sdk/python \
+	  python3 -m unittest discover -s sdk/python/tests -v
 
 .PHONY: bench
 bench: ## Benchmarks against baselines measured in the same run (not built yet).

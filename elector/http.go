@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/metaparticle-io/sync/wire"
 )
@@ -17,10 +18,13 @@ import (
 // decoding and encoding, and the mapping of wire.ErrorCode to status codes. All decisions are
 // the Engine's.
 
-// NewHandler returns version 1 of the lock API (docs/api.md), served by e. Every path outside
-// /v1/ answers 404 not_found; the original Metaparticle elector's protocol (/locks/<name>) can be
-// mounted beside it later without touching version 1.
-func NewHandler(e *Engine) http.Handler {
+// NewHandler returns version 1 of the lock API (docs/api.md), served by e, and beside it the
+// original Metaparticle elector's protocol (/locks/<name>, see legacy.go) with its 30 s TTL.
+// Every other path answers 404 not_found.
+func NewHandler(e *Engine) http.Handler { return newHandler(e, LegacyTTL) }
+
+// newHandler is NewHandler with the legacy protocol's TTL as a parameter, for tests.
+func newHandler(e *Engine, legacyTTL time.Duration) http.Handler {
 	a := &api{e: e}
 	mux := http.NewServeMux()
 	sess := wire.PathSessions + "/{id}"
@@ -34,6 +38,7 @@ func NewHandler(e *Engine) http.Handler {
 	route(mux, wire.PathPrefix+"/locks/{name}", methods{http.MethodGet: a.lockState})
 	route(mux, wire.PathPrefix+"/elections/{name}", methods{http.MethodGet: a.electionState})
 	route(mux, wire.PathPrefix+"/elections/{name}/watch", methods{http.MethodGet: a.watch})
+	mountLegacy(mux, e, legacyTTL)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(wire.CodeNotFound, "no such path %q; version 1 of the API lives under %s/ (see docs/api.md)", r.URL.Path, wire.PathPrefix))
 	})

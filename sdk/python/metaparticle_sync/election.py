@@ -1,0 +1,178 @@
+"""Election: leader election among every process, in every Pod, that stands for the same name."""
+
+import logging
+import queue
+import threading
+
+from . import _http
+from ._session import Session, SessionEnded
+from .lock import DEFAULT_RETRY_TIMEOUT, DEFAULT_TTL, check_options
+
+log = logging.getLogger("metaparticle_sync")
+
+
+class Election:
+    """Leader election for ``name`` through the Metaparticle Sync side-car.
+
+    ``run()`` stands as a candidate and blocks until ``shutdown()`` is called. When this process
+    is elected it calls ``master_fn()``; when it stops leading (the side-car could not renew its
+    leadership, the side-car went away, the session broke) it calls ``lost_master_fn()`` and
+    keeps standing, so it can lead again. Both are called in run()'s thread, in order, and
+    should return promptly: start the leader's work on a thread in master_fn and stop it in
+    lost_master_fn. If run() returns or raises while this process leads, lost_master_fn() is
+    called first.
+
+    ``leader()`` returns the current leader's identity ("<pod>/<session>") or None; ``is_leader``
+    and ``token`` (the fencing token of the current term, an int) describe this process.
+
+    run() raises SidecarUnreachable when the side-car cannot be reached for ``retry_timeout``
+    seconds (at start, or after it went away), and APIError when it refuses the election.
+    ``base_uri`` and ``ttl`` are as for Lock.
+    """
+
+    def __init__(self, name, master_fn, lost_master_fn, base_uri=None, *,
+                 ttl=DEFAULT_TTL, retry_timeout=DEFAULT_RETRY_TIMEOUT):
+        check_options(name, ttl, retry_timeout)
+        self.name = name
+        self.base_uri = base_uri
+        self.master_fn = master_fn
+        self.lost_master_fn = lost_master_fn
+        self._address = _http.resolve(base_uri)
+        self._ttl = float(ttl)
+        self._retry_timeout = float(retry_timeout)
+        self._mu = threading.Lock()  # protects the fields below
+        self._running = False
+        self._stop = threading.Event()
+        self._queue = queue.Queue()
+        self._leading = False
+        self._token = None
+
+    @property
+    def address(self):
+        """The side-car's address as host:port."""
+        return self._address.hostport
+
+    @property
+    def is_leader(self):
+        """True between master_fn() and lost_master_fn()."""
+        with self._mu:
+            return self._leading
+
+    @property
+    def token(self):
+        """The fencing token (int) of this process's current term, or None when not leading."""
+        with self._mu:
+            return self._token if self._leading else None
+
+    def __repr__(self):
+        return "<metaparticle_sync.Election %r %s at %s>" % (
+            self.name, "leading" if self._leading else "standing" if self._running else "idle", self._address.hostport)
+
+    def leader(self):
+        """The identity of the current leader, as the side-car sees it, or None."""
+        st = _http.call_with_retry(self._address, "GET", "/v1/elections/%s" % _http.escape_name(self.name),
+                                   timeout=self._ttl, retry_timeout=self._retry_timeout)
+        return st.get("holder") if st.get("held") else None
+
+    def shutdown(self):
+        """Ends run(): it stops standing, leaves the election (calling lost_master_fn() first if
+        this process leads) and returns. Called before run(), it makes the next run() return at
+        once. Safe to call from any thread or a callback."""
+        with self._mu:
+            stop, events = self._stop, self._queue
+        stop.set()
+        events.put(("stop", None, None))
+
+    def run(self):
+        """Stands as a candidate until shutdown(); see the class documentation."""
+        with self._mu:
+            if self._running:
+                raise RuntimeError("Election %r is already running" % self.name)
+            self._running = True
+            stop, events = self._stop, self._queue
+        session = None
+        try:
+            while not stop.is_set():
+                session = self._stand(stop)
+                if session is None:
+                    break
+                if not self._follow(session, events):
+                    break
+                session = None
+        finally:
+            try:
+                self._step_down()
+            finally:
+                if session is not None:
+                    self._leave(session)
+                with self._mu:
+                    # Ready for another run(); a shutdown() from now on ends that one.
+                    self._running = False
+                    self._stop, self._queue = threading.Event(), queue.Queue()
+
+    def _stand(self, stop):
+        """Opens a session and stands in it; None when shutdown() came first."""
+        path = "/v1/sessions/%%s/elections/%s" % _http.escape_name(self.name)
+        while not stop.is_set():
+            try:
+                session = Session.open(self._address, self._ttl, "election=%s" % self.name, self._retry_timeout,
+                                       self._on_event, self._on_end, stop=stop)
+            except _http.StopRequested:
+                return None
+            try:
+                session.request("PUT", path % session.id, timeout=self._ttl)
+                return session
+            except _http.APIError as e:
+                session.close()
+                if e.status != 503 and e.code != "no_session":
+                    raise
+            except (SessionEnded, _http._Transport) as e:
+                session.end("standing failed: %s" % _http._describe(e), notify=False)
+            _http.pause_or_stop(0.2, stop)
+        return None
+
+    def _follow(self, session, events):
+        """Dispatches the session's events until it ends (True: stand again) or shutdown()
+        (False)."""
+        while True:
+            kind, s, payload = events.get()
+            if kind == "stop":
+                return False
+            if s is not session:
+                continue  # from an earlier session
+            if kind == "elected":
+                grant = payload.get("grant") or {}
+                with self._mu:
+                    was, self._leading = self._leading, True
+                    self._token = int(grant["token"]) if grant.get("token") else None
+                if not was:
+                    self.master_fn()
+            elif kind == "deposed":
+                self._step_down()
+            elif kind == "ended":
+                self._step_down()
+                return True
+
+    def _leave(self, session):
+        """Leaves the election, so that the side-car hands leadership over before answering,
+        then ends the session (which would leave it all the same)."""
+        if not session.ended:
+            try:
+                session.request("DELETE", "/v1/sessions/%s/elections/%s" % (session.id, _http.escape_name(self.name)),
+                                timeout=max(self._ttl, 15.0))
+            except (_http.APIError, _http._Transport, SessionEnded) as e:
+                log.info("metaparticle_sync: leaving election %r: %s", self.name, e)
+        session.close()
+
+    def _step_down(self):
+        with self._mu:
+            was, self._leading, self._token = self._leading, False, None
+        if was:
+            self.lost_master_fn()
+
+    def _on_event(self, session, ev):
+        if ev.get("kind") == "election" and (ev.get("grant") or {}).get("name") == self.name:
+            self._queue.put((ev.get("type"), session, ev))
+
+    def _on_end(self, session, reason):
+        self._queue.put(("ended", session, reason))
