@@ -150,6 +150,7 @@ func (n *nameState) observe(l *coordinationv1.Lease, deleted bool, now time.Time
 		if h := n.hold; h != nil {
 			n.lose(h, lossDeleted, "the Lease was deleted", now)
 		}
+		n.publish(now)
 	} else {
 		if rv <= n.rv {
 			return
@@ -181,6 +182,9 @@ func (n *nameState) learn(l *coordinationv1.Lease, rv uint64, now time.Time) {
 	if n.stale && rv > n.staleRV {
 		n.stale = false
 	}
+	// Publish every version learned, not only the one the worker finds when it next runs, so
+	// that watchers see each change of holder in order even when versions arrive in a burst.
+	n.publish(now)
 }
 
 // expiry returns when the current holder of the Lease, who is not holding it for this
