@@ -50,7 +50,7 @@ $(STATICCHECK):
 ##@ Testing
 
 .PHONY: test
-test: lint unit integration fuzz-smoke python-test ## Everything CI checks: lint, unit, integration (real API server), fuzz smoke runs, the Python client.
+test: lint unit integration fuzz-smoke python-test bench-smoke ## Everything CI checks: lint, unit, integration (real API server), fuzz smoke runs, the Python client, the benchmark harness.
 
 .PHONY: unit
 unit: ## Unit tests with the race detector; no control plane (go test -short).
@@ -77,9 +77,15 @@ python-test: control-plane ## Python SDK (sdk/python) with unittest against real
 	  METAPARTICLE_PYTEST_ENV_BIN=$(CURDIR)/$(BIN)/pytest-env PYTHONPATH=$(CURDIR)/sdk/python \
 	  python3 -m unittest discover -s sdk/python/tests -v
 
+##@ Benchmarks
+
 .PHONY: bench
-bench: ## Benchmarks against baselines measured in the same run (not built yet).
-	@echo "make bench: the benchmark harness is not built yet (see issue 10)." >&2; exit 2
+bench: control-plane ## Side-car vs client-go leader election on a real API server: one table, bench/results/latest.json, docs/benchmarks.md (< 10 min).
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh --print-assets) go run ./bench/cmd/bench
+
+.PHONY: bench-smoke
+bench-smoke: control-plane ## The same with few samples and short windows (BENCH_QUICK=1, about a minute): the harness still works.
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh --print-assets) BENCH_QUICK=1 go run ./bench/cmd/bench
 
 ##@ Environments
 
