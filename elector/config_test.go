@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"regexp"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -183,6 +184,32 @@ func TestLeaseNamesNeverCollideOnLookalikes(t *testing.T) {
 				t.Errorf("%s %q and %q share the Lease %s", kind, n, prev, l)
 			}
 			seen[l] = string(kind) + " " + n
+		}
+	}
+}
+
+func TestParseSettingsAPIRateLimits(t *testing.T) {
+	tests := []struct {
+		args      []string
+		env       map[string]string
+		qps, brst int
+		wantErr   string
+	}{
+		{nil, nil, 0, 0, ""},
+		{[]string{"--kube-api-qps", "200", "--kube-api-burst", "400"}, nil, 200, 400, ""},
+		{nil, map[string]string{EnvKubeAPIQPS: "80", EnvKubeAPIBurst: "90"}, 80, 90, ""},
+		{[]string{"--kube-api-qps", "-1"}, nil, 0, 0, "must be positive"},
+		{nil, map[string]string{EnvKubeAPIBurst: "lots"}, 0, 0, "not an integer"},
+	}
+	for _, tt := range tests {
+		s, err := ParseSettings(tt.args, func(k string) string { return tt.env[k] }, io.Discard)
+		switch {
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("%v %v: got error %v; want one containing %q", tt.args, tt.env, err, tt.wantErr)
+		case tt.wantErr == "" && err != nil:
+			t.Errorf("%v %v: got error %v; want none", tt.args, tt.env, err)
+		case tt.wantErr == "" && (s.KubeAPIQPS != tt.qps || s.KubeAPIBurst != tt.brst):
+			t.Errorf("%v %v: got qps %d burst %d; want %d and %d", tt.args, tt.env, s.KubeAPIQPS, s.KubeAPIBurst, tt.qps, tt.brst)
 		}
 	}
 }

@@ -46,7 +46,13 @@ func Run(ctx context.Context, s Settings, log logr.Logger) error {
 	restCfg.UserAgent = "metaparticle-sync-elector"
 	// Each hold costs one write per RenewPeriod; handoffs cost one or two. Allow bursts of
 	// handoffs without client-side throttling delaying renewals.
-	restCfg.QPS, restCfg.Burst = 50, 100
+	restCfg.QPS, restCfg.Burst = DefaultKubeAPIQPS, DefaultKubeAPIBurst
+	if s.KubeAPIQPS > 0 {
+		restCfg.QPS = float32(s.KubeAPIQPS)
+	}
+	if s.KubeAPIBurst > 0 {
+		restCfg.Burst = s.KubeAPIBurst
+	}
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("building the Kubernetes client: %w", err)

@@ -20,7 +20,21 @@ type Settings struct {
 	// LogLevel is the log verbosity: 0 logs every state change, 1 adds lost races, 2 every
 	// renewal.
 	LogLevel int
+	// KubeAPIQPS and KubeAPIBurst limit the side-car's requests to the API server (client-go's
+	// token bucket). Defaults DefaultKubeAPIQPS and DefaultKubeAPIBurst.
+	KubeAPIQPS   int
+	KubeAPIBurst int
 }
+
+// Default API server rate limits: a held lock costs 12 writes a minute at default timings, so
+// 50 requests a second serve about 250 held locks with room for grants and releases; raise them
+// for side-cars that hold more.
+const (
+	DefaultKubeAPIQPS   = 50
+	DefaultKubeAPIBurst = 100
+	EnvKubeAPIQPS       = "METAPARTICLE_SYNC_KUBE_API_QPS"
+	EnvKubeAPIBurst     = "METAPARTICLE_SYNC_KUBE_API_BURST"
+)
 
 // setting is one flag with its environment variable.
 type setting struct {
@@ -50,6 +64,10 @@ func settingsTable() []setting {
 			func(s *Settings) flag.Value { return (*durationValue)(&s.RetryPeriod) }},
 		{"shutdown-timeout", EnvShutdownTimeout, "duration", "Bound on the orderly shutdown after SIGTERM (release every hold, finish requests). Keep it below the Pod's terminationGracePeriodSeconds. Default " + DefaultShutdownTimeout.String() + ".",
 			func(s *Settings) flag.Value { return (*durationValue)(&s.ShutdownTimeout) }},
+		{"kube-api-qps", EnvKubeAPIQPS, "n", "Requests per second the side-car may send to the API server (sustained). Default " + strconv.Itoa(DefaultKubeAPIQPS) + ".",
+			func(s *Settings) flag.Value { return (*intValue)(&s.KubeAPIQPS) }},
+		{"kube-api-burst", EnvKubeAPIBurst, "n", "Requests the side-car may send to the API server in a burst. Default " + strconv.Itoa(DefaultKubeAPIBurst) + ".",
+			func(s *Settings) flag.Value { return (*intValue)(&s.KubeAPIBurst) }},
 		{"kubeconfig", "KUBECONFIG", "file", "Kubeconfig file, to run outside a cluster. Default: the in-cluster service account.",
 			func(s *Settings) flag.Value { return (*stringValue)(&s.Kubeconfig) }},
 		{"v", EnvLogLevel, "level", "Log verbosity: 0 logs every state change, 1 adds lost races, 2 every renewal. Default 0.",
@@ -90,6 +108,9 @@ func ParseSettings(args []string, getenv func(string) string, out io.Writer) (Se
 				return s, fmt.Errorf("environment variable %s=%q: %v", st.env, v, err)
 			}
 		}
+	}
+	if s.KubeAPIQPS < 0 || s.KubeAPIBurst < 0 {
+		return s, fmt.Errorf("--kube-api-qps (%d) and --kube-api-burst (%d) must be positive; 0 means the default", s.KubeAPIQPS, s.KubeAPIBurst)
 	}
 	return s, nil
 }
