@@ -3,9 +3,9 @@ package elector
 import (
 	"bytes"
 	"flag"
+	"io"
 	"os"
 	"regexp"
-	"io"
 	"strings"
 	"testing"
 	"time"
