@@ -692,26 +692,9 @@ func checkAcquireRequest(req wire.AcquireRequest) error {
 // waiter anywhere takes it at once. It returns when the Lease has been written (or the write
 // has been given up; the Lease then expires by itself).
 func (e *Engine) Release(ctx context.Context, id, name string) error {
-	if err := wire.ValidateName(name); err != nil {
-		return errorf(wire.CodeInvalidName, "invalid lock name: %v", err)
-	}
-	s, err := e.session(id)
-	if err != nil {
-		return err
-	}
-	n, err := e.peekName(wire.KindLock, name)
-	if err != nil {
-		return err
-	}
-	if n == nil {
-		return errorf(wire.CodeNotHeld, "session %s does not hold lock %q", id, name)
-	}
-	done, err := n.releaseLock(s, e.clock.Now())
-	n.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return waitDone(ctx, done, e.halted)
+	return e.holdOp(ctx, wire.KindLock, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
+		return n.releaseLock(s, now)
+	})
 }
 
 func waitDone(ctx context.Context, done <-chan struct{}, halted <-chan struct{}) error {
@@ -753,7 +736,7 @@ func (e *Engine) Join(id, name string) (wire.ElectionState, error) {
 
 // Leave ends session id's candidacy in election name, releasing leadership if it leads.
 func (e *Engine) Leave(ctx context.Context, id, name string) error {
-	return e.electionOp(ctx, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
+	return e.holdOp(ctx, wire.KindElection, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
 		return n.leave(s, now)
 	})
 }
@@ -761,24 +744,29 @@ func (e *Engine) Leave(ctx context.Context, id, name string) error {
 // Resign gives up session id's leadership of election name; it stays a candidate, but does not
 // contend again for RetryPeriod, so that another candidate takes over.
 func (e *Engine) Resign(ctx context.Context, id, name string) error {
-	return e.electionOp(ctx, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
+	return e.holdOp(ctx, wire.KindElection, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
 		return n.resign(s, now)
 	})
 }
 
-func (e *Engine) electionOp(ctx context.Context, id, name string, op func(*nameState, *session, time.Time) (<-chan struct{}, error)) error {
+// holdOp runs op, which gives up something session id has in lock or election name, and waits
+// until its write is done (or given up), ctx ends or the Engine halts.
+func (e *Engine) holdOp(ctx context.Context, kind wire.Kind, id, name string, op func(*nameState, *session, time.Time) (<-chan struct{}, error)) error {
 	if err := wire.ValidateName(name); err != nil {
-		return errorf(wire.CodeInvalidName, "invalid election name: %v", err)
+		return errorf(wire.CodeInvalidName, "invalid %s name: %v", kind, err)
 	}
 	s, err := e.session(id)
 	if err != nil {
 		return err
 	}
-	n, err := e.peekName(wire.KindElection, name)
+	n, err := e.peekName(kind, name)
 	if err != nil {
 		return err
 	}
 	if n == nil {
+		if kind == wire.KindLock {
+			return errorf(wire.CodeNotHeld, "session %s does not hold lock %q", id, name)
+		}
 		return errorf(wire.CodeNotHeld, "session %s is not a candidate in election %q", id, name)
 	}
 	done, err := op(n, s, e.clock.Now())
