@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# test.sh (make cluster-test) brings the local cluster up, runs the Go tests under ./e2e/ against
+# it (METAPARTICLE_CLUSTER_ENV points them at the cluster) and brings it down again, which fails
+# if anything is left behind. A cluster that was already running is reused and left running.
+# On failure the cluster's logs are copied to /tmp/metaparticle-sync-cluster-logs.<time> first.
+#
+# Environment: CLUSTER_TEST_PACKAGES (default ./e2e/...), GO_TEST_FLAGS, KEEP_CLUSTER=1 (leave
+# the cluster up afterwards).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+require_root cluster-test
+take_lock
+
+was_up=0
+if [ -f "$ENV_FILE" ] && pid_of kube-apiserver >/dev/null && pid_of kubelet >/dev/null; then
+  was_up=1
+  log "reusing the running cluster (it stays up afterwards)"
+fi
+
+finish() {
+  local rc=$?
+  if [ $rc != 0 ] && [ -d "$LOGS" ]; then
+    local keep
+    keep=/tmp/metaparticle-sync-cluster-logs.$(date +%Y%m%d-%H%M%S)
+    cp -r "$LOGS" "$keep"
+    log "tests failed; the cluster's logs are in $keep"
+  fi
+  if [ $was_up = 0 ] && [ "${KEEP_CLUSTER:-}" != 1 ]; then
+    "$CLUSTER_ROOT/hack/cluster/down.sh" || rc=1
+  fi
+  exit $rc
+}
+trap finish EXIT
+
+"$CLUSTER_ROOT/hack/cluster/up.sh" >/dev/null
+cd "$CLUSTER_ROOT"
+# shellcheck disable=SC2086
+METAPARTICLE_CLUSTER_ENV=$ENV_FILE go test -count=1 ${GO_TEST_FLAGS:-} ${CLUSTER_TEST_PACKAGES:-./e2e/...}
+# Every component survived the tests.
+all_running
