@@ -143,3 +143,46 @@ func TestBinariesAreStatic(t *testing.T) {
 		f.Close()
 	}
 }
+
+// TestImagesListMatchesDockerfile keeps the images the local cluster builds without Docker
+// (hack/cluster/images.list, written by internal/image) the same as the Dockerfile's: same
+// binary as entrypoint, same user.
+func TestImagesListMatchesDockerfile(t *testing.T) {
+	stages := parseDockerfile(t)
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "hack", "cluster", "images.list"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		name, pkg := f[0], f[1]
+		user := "65532:65532"
+		if len(f) > 2 {
+			user = f[2]
+		}
+		target := strings.TrimPrefix(name, "sync-")
+		s, ok := stages[target]
+		if !ok {
+			t.Errorf("images.list %s: got no Dockerfile target %q", name, target)
+			continue
+		}
+		if want := `["/` + filepath.Base(pkg) + `"]`; s.entrypoint != want {
+			t.Errorf("images.list %s: Dockerfile ENTRYPOINT %s; want %s", name, s.entrypoint, want)
+		}
+		if s.user != user {
+			t.Errorf("images.list %s: user %q; Dockerfile USER %q", name, user, s.user)
+		}
+		seen++
+	}
+	if seen != 4 {
+		t.Errorf("got %d images in images.list; want the 4 Dockerfile targets", seen)
+	}
+}
