@@ -60,7 +60,7 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestNewEngineRefusesInvalidConfig(t *testing.T) {
-	_, err := NewEngine(Config{PodName: "p", Namespace: "n", LeaseDuration: 5 * time.Second}, newFakeAPI(t).cs, Options{})
+	_, err := NewEngine(Config{PodName: "p", Namespace: "n", LeaseDuration: 5 * time.Second}, fakeLeases(newFakeAPI(t).cs, "n"), Options{})
 	if err == nil || !strings.Contains(err.Error(), "renew deadline 10s must be less than lease duration 5s") {
 		t.Errorf("NewEngine: %v; want the timing rule explained", err)
 	}

@@ -15,9 +15,9 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
@@ -44,7 +44,7 @@ type Options struct {
 // died). Methods return *wire.Error values for every failure a client can cause or see.
 type Engine struct {
 	cfg    Config
-	leases coordinationv1client.LeaseInterface
+	leases LeaseClient
 	clock  clock.WithTickerAndDelayedExecution
 	log    logr.Logger
 	m      *metrics
@@ -71,15 +71,33 @@ type Engine struct {
 	sessions map[string]*session
 }
 
-// NewEngine returns an Engine for cfg that manages Leases through client. It applies the
-// defaults to cfg and refuses an invalid one (see Config.Validate).
-func NewEngine(cfg Config, client kubernetes.Interface, opts Options) (*Engine, error) {
+// NewEngineForConfig returns an Engine for cfg that manages the Leases of cfg.Namespace through
+// the API server that rc reaches (see NewLeaseClient and NewEngine).
+func NewEngineForConfig(cfg Config, rc *rest.Config, opts Options) (*Engine, error) {
+	if rc == nil {
+		return nil, errors.New("NewEngineForConfig: rest config is nil")
+	}
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid side-car configuration: %w", err)
 	}
-	if client == nil {
-		return nil, errors.New("NewEngine: client is nil")
+	leases, err := NewLeaseClient(rc, cfg.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	return NewEngine(cfg, leases, opts)
+}
+
+// NewEngine returns an Engine for cfg that manages Leases through leases, which must be the
+// Leases of cfg.Namespace. It applies the defaults to cfg and refuses an invalid one (see
+// Config.Validate).
+func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid side-car configuration: %w", err)
+	}
+	if leases == nil {
+		return nil, errors.New("NewEngine: Lease client is nil")
 	}
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
@@ -90,7 +108,7 @@ func NewEngine(cfg Config, client kubernetes.Interface, opts Options) (*Engine, 
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Engine{
 		cfg:      cfg,
-		leases:   client.CoordinationV1().Leases(cfg.Namespace),
+		leases:   leases,
 		clock:    opts.Clock,
 		log:      opts.Log.WithValues("pod", cfg.PodName, "namespace", cfg.Namespace),
 		ctx:      ctx,
@@ -105,12 +123,24 @@ func NewEngine(cfg Config, client kubernetes.Interface, opts Options) (*Engine, 
 	}
 	e.m = newMetrics(opts.Registerer, e)
 
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithNamespace(cfg.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.LabelSelector = LabelManagedBy + "=" + ManagedByValue
-		}))
-	e.informer = factory.Coordination().V1().Leases().Informer()
+	// The informer client-go's informer factory builds for Leases, but over leases: the Leases
+	// the side-car manages, no resync. A client that says it does not support streaming lists
+	// (the test adapter over client-go's fake clientset) is listed and watched the classic way.
+	selector := LabelManagedBy + "=" + ManagedByValue
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = selector
+			return leases.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = selector
+			return leases.Watch(ctx, o)
+		},
+	}
+	e.informer = cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, leases),
+		&coordinationv1.Lease{}, cache.SharedIndexInformerOptions{
+			Indexers: cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+		})
 	if _, err := e.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { e.onLease(obj, false) },
 		UpdateFunc: func(_, obj any) { e.onLease(obj, false) },

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	k8stesting "k8s.io/client-go/testing"
 	testingclock "k8s.io/utils/clock/testing"
 
@@ -233,7 +234,7 @@ func newBed(t *testing.T, pod string, api *fakeAPI, clk *testingclock.FakeClock)
 		clk = testingclock.NewFakeClock(epoch)
 	}
 	reg := prometheus.NewRegistry()
-	e, err := NewEngine(Config{PodName: pod, Namespace: testNS}, api.cs, Options{Clock: clk, Registerer: reg, Log: testLogger(t)})
+	e, err := NewEngine(Config{PodName: pod, Namespace: testNS}, fakeLeases(api.cs, testNS), Options{Clock: clk, Registerer: reg, Log: testLogger(t)})
 	if err != nil {
 		t.Fatalf("NewEngine: %v", err)
 	}
@@ -398,3 +399,18 @@ func codeOf(err error) wire.ErrorCode {
 }
 
 func holderOfStored(f *fakeAPI, lease string) string { return holderOf(f.get(lease)) }
+
+// fakeLeases adapts the fake clientset's Leases of namespace ns to the Engine's LeaseClient,
+// passing on that the fake does not support streaming lists.
+func fakeLeases(cs *fake.Clientset, ns string) LeaseClient {
+	return fakeLeaseClient{LeaseInterface: cs.CoordinationV1().Leases(ns), cs: cs}
+}
+
+type fakeLeaseClient struct {
+	coordinationv1client.LeaseInterface
+	cs *fake.Clientset
+}
+
+func (c fakeLeaseClient) IsWatchListSemanticsUnSupported() bool {
+	return c.cs.IsWatchListSemanticsUnSupported()
+}

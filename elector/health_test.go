@@ -44,7 +44,7 @@ func TestHealthEndpoints(t *testing.T) {
 				b = newBed(t, "pod-a", api, nil)
 			} else {
 				var err error
-				b.e, err = NewEngine(Config{PodName: "pod-a", Namespace: testNS}, api.cs, Options{})
+				b.e, err = NewEngine(Config{PodName: "pod-a", Namespace: testNS}, fakeLeases(api.cs, testNS), Options{})
 				if err != nil {
 					t.Fatal(err)
 				}

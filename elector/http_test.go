@@ -338,7 +338,7 @@ func TestHTTPWatch(t *testing.T) {
 
 func TestHTTPUnavailableAndShuttingDown(t *testing.T) {
 	api := newFakeAPI(t)
-	e, err := NewEngine(Config{PodName: "pod-a", Namespace: testNS}, api.cs, Options{})
+	e, err := NewEngine(Config{PodName: "pod-a", Namespace: testNS}, fakeLeases(api.cs, testNS), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

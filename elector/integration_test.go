@@ -17,7 +17,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
@@ -71,11 +70,7 @@ func startSidecar(t *testing.T, ns, pod string, cfg Config, opts ...sidecarOpt) 
 	for _, o := range opts {
 		o(rc, &cfg)
 	}
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := NewEngine(cfg, cs, Options{Log: testLogger(t).WithValues("sidecar", pod)})
+	e, err := NewEngineForConfig(cfg, rc, Options{Log: testLogger(t).WithValues("sidecar", pod)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -705,8 +700,7 @@ func TestIntegrationRBACRole(t *testing.T) {
 	// Without the Role the informer cannot list, and readiness says what to do.
 	rc := rest.CopyConfig(env.Config)
 	rc.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":unbound"}
-	ucs := kubernetes.NewForConfigOrDie(rc)
-	e, err := NewEngine(Config{PodName: "pod-b", Namespace: ns}, ucs, Options{Log: testLogger(t)})
+	e, err := NewEngineForConfig(Config{PodName: "pod-b", Namespace: ns}, rc, Options{Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -53,14 +52,11 @@ func Run(ctx context.Context, s Settings, log logr.Logger) error {
 	if s.KubeAPIBurst > 0 {
 		restCfg.Burst = s.KubeAPIBurst
 	}
-	client, err := kubernetes.NewForConfig(restCfg)
-	if err != nil {
-		return fmt.Errorf("building the Kubernetes client: %w", err)
-	}
-
+	// Only a client for Leases: client-go's clientset would link and initialise every built-in
+	// API type, most of the side-car's memory (docs/benchmarks.md, section 5).
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	e, err := NewEngine(cfg, client, Options{Log: log, Registerer: reg})
+	e, err := NewEngineForConfig(cfg, restCfg, Options{Log: log, Registerer: reg})
 	if err != nil {
 		return err
 	}

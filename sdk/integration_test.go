@@ -63,7 +63,7 @@ func integrationConfig(ns, pod string) elector.Config {
 // startSidecar starts the side-car of Pod pod in namespace ns; it is shut down when t ends.
 func startSidecar(t *testing.T, ns, pod string) *sidecar {
 	t.Helper()
-	e, err := elector.NewEngine(integrationConfig(ns, pod), env.Clientset, elector.Options{})
+	e, err := elector.NewEngineForConfig(integrationConfig(ns, pod), env.Config, elector.Options{})
 	if err != nil {
 		t.Fatalf("NewEngine: %v", err)
 	}

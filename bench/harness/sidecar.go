@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/metaparticle-io/sync/elector"
 	"github.com/metaparticle-io/sync/sdk"
@@ -33,13 +32,9 @@ type Sidecar struct {
 // in counter (which may be nil). Zero timings in cfg take the side-car's defaults.
 func (b *Bench) StartSidecar(ctx context.Context, ns, pod string, counter *Counter, cfg elector.Config) (*Sidecar, error) {
 	rc := b.RestConfig(counter, "metaparticle-sync-elector")
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, err
-	}
 	cfg.PodName, cfg.Namespace = pod, ns
 	reg := prometheus.NewRegistry()
-	e, err := elector.NewEngine(cfg, cs, elector.Options{Registerer: reg})
+	e, err := elector.NewEngineForConfig(cfg, rc, elector.Options{Registerer: reg})
 	if err != nil {
 		return nil, err
 	}

@@ -75,7 +75,7 @@ func startSidecar(t *testing.T, ns, pod string) *sidecar {
 func startSidecarConfig(t *testing.T, cfg elector.Config) *sidecar {
 	t.Helper()
 	pod := cfg.PodName
-	e, err := elector.NewEngine(cfg, env.Clientset, elector.Options{})
+	e, err := elector.NewEngineForConfig(cfg, env.Config, elector.Options{})
 	if err != nil {
 		t.Fatalf("NewEngine: %v", err)
 	}
