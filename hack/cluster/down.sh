@@ -217,6 +217,20 @@ remove_state() {
 }
 
 SHIM_SOCKETS=()
+# hack/stack.sh runs cert-manager's controllers as a host process against this cluster; a crashed
+# make demo or e2e run may have left it (its PID file lives in the cluster directory).
+stop_stack() {
+  local f=$CLUSTER_DIR/stack/cert-manager.pid pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if [ -n "$pid" ] && [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *cert-manager-controllers*"$CLUSTER_DIR"* ]]; then
+    stop_pids 30 "$pid"
+    log "cert-manager controllers of hack/stack.sh (pid $pid) stopped"
+  fi
+  rm -f "$f"
+}
+
+stop_stack
 step "stopping the kubelet and every container" stop_workloads
 step "stopping containerd and its shims" stop_runtime
 step "stopping kube-proxy and the control plane" stop_control_plane
