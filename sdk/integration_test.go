@@ -9,7 +9,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/internal/sidecartest"
 	"github.com/metaparticle-io/sync/internal/testenv"
 	"github.com/metaparticle-io/sync/sdk"
 	"github.com/metaparticle-io/sync/wire"
@@ -32,20 +32,11 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
-// sidecar is one Pod's side-car: an elector Engine serving its HTTP API on a loopback port.
-type sidecar struct {
-	pod    string
-	engine *elector.Engine
-	srv    *httptest.Server
-	halted atomic.Bool
-}
+// sidecar is one Pod's side-car (internal/sidecartest), with this file's helpers.
+type sidecar struct{ *sidecartest.Sidecar }
 
 // halt stops the side-car abruptly, as if its process died: nothing is released.
-func (sc *sidecar) halt() {
-	sc.halted.Store(true)
-	sc.engine.Halt()
-	sc.srv.CloseClientConnections()
-}
+func (sc *sidecar) halt() { sc.Halt() }
 
 // integrationConfig shortens the side-car's timings so that a crashed holder's lease expires in
 // seconds; orderly handovers do not depend on them.
@@ -63,28 +54,10 @@ func integrationConfig(ns, pod string) elector.Config {
 // startSidecar starts the side-car of Pod pod in namespace ns; it is shut down when t ends.
 func startSidecar(t *testing.T, ns, pod string) *sidecar {
 	t.Helper()
-	e, err := elector.NewEngineForConfig(integrationConfig(ns, pod), env.Config, elector.Options{})
-	if err != nil {
-		t.Fatalf("NewEngine: %v", err)
-	}
-	ctx := testCtx(t)
-	if err := e.Start(ctx); err != nil {
-		t.Fatalf("Engine.Start: %v", err)
-	}
-	sc := &sidecar{pod: pod, engine: e, srv: httptest.NewServer(elector.NewHandler(e))}
-	t.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := e.Shutdown(sctx); err != nil && !sc.halted.Load() {
-			t.Errorf("Engine.Shutdown of %s: %v", pod, err)
-		}
-		sc.srv.CloseClientConnections()
-		sc.srv.Close()
-	})
-	return sc
+	return &sidecar{sidecartest.Start(t, env.Config, integrationConfig(ns, pod))}
 }
 
-func (sc *sidecar) addr() string { return sc.srv.Listener.Addr().String() }
+func (sc *sidecar) addr() string { return sc.Addr() }
 
 // client returns a Client of the side-car, closed when t ends.
 func (sc *sidecar) client(t *testing.T, opts ...sdk.Option) *sdk.Client {

@@ -13,11 +13,9 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +28,7 @@ import (
 
 	"github.com/metaparticle-io/sync/elector"
 	"github.com/metaparticle-io/sync/internal/certmanager"
+	"github.com/metaparticle-io/sync/internal/sidecartest"
 	"github.com/metaparticle-io/sync/internal/syncctl"
 	"github.com/metaparticle-io/sync/internal/testenv"
 	"github.com/metaparticle-io/sync/sdk"
@@ -50,20 +49,14 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// sidecar is one Pod's side-car: an elector Engine serving its HTTP API on a loopback port.
+// sidecar is one Pod's side-car (internal/sidecartest), with this file's helpers.
 type sidecar struct {
-	t      *testing.T
-	pod    string
-	engine *elector.Engine
-	srv    *httptest.Server
-	halted atomic.Bool
+	*sidecartest.Sidecar
+	t *testing.T
 }
 
 // halt stops the side-car abruptly, as if its process died: nothing is released.
-func (sc *sidecar) halt() {
-	sc.halted.Store(true)
-	sc.engine.Halt()
-}
+func (sc *sidecar) halt() { sc.Halt() }
 
 // startSidecar starts the side-car of Pod pod in namespace ns, with the default timings; it is
 // shut down, releasing its holds, when t ends.
@@ -74,25 +67,7 @@ func startSidecar(t *testing.T, ns, pod string) *sidecar {
 
 func startSidecarConfig(t *testing.T, cfg elector.Config) *sidecar {
 	t.Helper()
-	pod := cfg.PodName
-	e, err := elector.NewEngineForConfig(cfg, env.Config, elector.Options{})
-	if err != nil {
-		t.Fatalf("NewEngine: %v", err)
-	}
-	if err := e.Start(testCtx(t)); err != nil {
-		t.Fatalf("Engine.Start: %v", err)
-	}
-	sc := &sidecar{t: t, pod: pod, engine: e, srv: httptest.NewServer(elector.NewHandler(e))}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := e.Shutdown(ctx); err != nil && !sc.halted.Load() {
-			t.Errorf("Engine.Shutdown of %s: %v", pod, err)
-		}
-		sc.srv.CloseClientConnections()
-		sc.srv.Close()
-	})
-	return sc
+	return &sidecar{sidecartest.Start(t, env.Config, cfg), t}
 }
 
 // call makes a request of the side-car's HTTP API and decodes the answer into out, if any.
@@ -103,7 +78,7 @@ func (sc *sidecar) call(method, path string, body, out any, wantStatus int) {
 		b, _ := json.Marshal(body)
 		r = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(testCtx(sc.t), method, sc.srv.URL+path, r)
+	req, err := http.NewRequestWithContext(testCtx(sc.t), method, sc.Server.URL+path, r)
 	if err != nil {
 		sc.t.Fatal(err)
 	}
@@ -149,7 +124,7 @@ func (sc *sidecar) release(id, name string) {
 func (sc *sidecar) win(ctx context.Context, name string) sdk.Leader {
 	t := sc.t
 	t.Helper()
-	c, err := sdk.NewClient(sdk.WithAddress(sc.srv.Listener.Addr().String()))
+	c, err := sdk.NewClient(sdk.WithAddress(sc.Addr()))
 	if err != nil {
 		t.Fatalf("sdk.NewClient: %v", err)
 	}
@@ -177,8 +152,8 @@ func (sc *sidecar) win(ctx context.Context, name string) sdk.Leader {
 	if err != nil {
 		t.Fatalf("Election.Leader: %v", err)
 	}
-	if leader.Token != token || !strings.HasPrefix(leader.Holder, sc.pod+"/") {
-		t.Fatalf("Leader: got %+v; want token %d held by %s/<session>", leader, token, sc.pod)
+	if leader.Token != token || !strings.HasPrefix(leader.Holder, sc.Pod+"/") {
+		t.Fatalf("Leader: got %+v; want token %d held by %s/<session>", leader, token, sc.Pod)
 	}
 	return leader
 }
