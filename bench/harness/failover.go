@@ -84,20 +84,30 @@ func awaitTakeover(got chan acquired, t0 time.Time, what string) (time.Duration,
 	}
 }
 
+// sidecarPair starts the side-cars of two Pods, name-a (the holder's) and name-b (the waiter's),
+// with default timings; stop stops both.
+func (b *Bench) sidecarPair(ctx context.Context, ns, name string) (holder, waiter *Sidecar, stop func(), err error) {
+	holder, err = b.StartSidecar(ctx, ns, name+"-a", nil, elector.Config{})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	waiter, err = b.StartSidecar(ctx, ns, name+"-b", nil, elector.Config{})
+	if err != nil {
+		holder.Stop()
+		return nil, nil, nil, err
+	}
+	return holder, waiter, func() { waiter.Stop(); holder.Stop() }, nil
+}
+
 // sidecarKilled: the holder's side-car dies without releasing; the waiter on another side-car
 // takes over once the Lease has gone unrenewed for the lease duration.
 func (b *Bench) sidecarKilled(ctx context.Context, ns string, i int) (time.Duration, error) {
 	name := fmt.Sprintf("crash-sidecar-%d", i)
-	holder, err := b.StartSidecar(ctx, ns, name+"-a", nil, elector.Config{})
+	holder, waiter, stop, err := b.sidecarPair(ctx, ns, name)
 	if err != nil {
 		return 0, err
 	}
-	defer holder.Stop()
-	waiter, err := b.StartSidecar(ctx, ns, name+"-b", nil, elector.Config{})
-	if err != nil {
-		return 0, err
-	}
-	defer waiter.Stop()
+	defer stop()
 	hc := holder.Client()
 	defer hc.Close()
 	if err := hc.NewLock(name).Acquire(ctx); err != nil {
@@ -126,16 +136,11 @@ func (b *Bench) sidecarKilled(ctx context.Context, ns string, i int) (time.Durat
 // side-car sees the session's event stream close and releases at once.
 func (b *Bench) appKilled(ctx context.Context, ns string, i int) (time.Duration, error) {
 	name := fmt.Sprintf("crash-app-%d", i)
-	holder, err := b.StartSidecar(ctx, ns, name+"-a", nil, elector.Config{})
+	holder, waiter, stop, err := b.sidecarPair(ctx, ns, name)
 	if err != nil {
 		return 0, err
 	}
-	defer holder.Stop()
-	waiter, err := b.StartSidecar(ctx, ns, name+"-b", nil, elector.Config{})
-	if err != nil {
-		return 0, err
-	}
-	defer waiter.Stop()
+	defer stop()
 
 	cmd := exec.Command(b.Self, "app-holder", "-addr", holder.Addr, "-lock", name)
 	cmd.Stderr = os.Stderr

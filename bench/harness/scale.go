@@ -103,17 +103,7 @@ func (b *Bench) scaleOurs(ctx context.Context, n int) (scaleResult, error) {
 			}, nil).Run(wctx)
 		}()
 	}
-	done := func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, t := range observed {
-			if t.IsZero() {
-				return false
-			}
-		}
-		return true
-	}
-	if err := waitFor(2*time.Minute, time.Millisecond, done); err != nil {
+	if err := waitFor(2*time.Minute, time.Millisecond, func() bool { return allSet(&mu, observed) }); err != nil {
 		return res, errors.New("not every candidate observed a leader within 2 minutes")
 	}
 	res.requests = counter.Snapshot()
@@ -171,17 +161,7 @@ func (b *Bench) scaleBaseline(ctx context.Context, n int) (scaleResult, error) {
 			c.Stop()
 		}
 	}()
-	done := func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, t := range observed {
-			if t.IsZero() {
-				return false
-			}
-		}
-		return true
-	}
-	if err := waitFor(2*time.Minute, time.Millisecond, done); err != nil {
+	if err := waitFor(2*time.Minute, time.Millisecond, func() bool { return allSet(&mu, observed) }); err != nil {
 		return res, errors.New("client-go: not every candidate observed a leader within 2 minutes")
 	}
 	res.requests = counter.Snapshot()
@@ -217,4 +197,16 @@ func parallel(n, width int, f func(int)) {
 		}()
 	}
 	wg.Wait()
+}
+
+// allSet reports, under mu, whether every time in ts has been set.
+func allSet(mu *sync.Mutex, ts []time.Time) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	for _, t := range ts {
+		if t.IsZero() {
+			return false
+		}
+	}
+	return true
 }
