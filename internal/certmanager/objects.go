@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -69,6 +70,7 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 		return fmt.Errorf("no CRD YAML files in %s", dir)
 	}
 	var names []string
+	served := map[string][]string{} // group/version -> plural resource names
 	for _, f := range files {
 		crds, err := readCRDs(f)
 		if err != nil {
@@ -80,6 +82,7 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 				return fmt.Errorf("applying CRD %s from %s: %w", crd.GetName(), f, err)
 			}
 			names = append(names, crd.GetName())
+			servedResources(crd, served)
 		}
 	}
 	for _, name := range names {
@@ -94,7 +97,53 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 			return fmt.Errorf("waiting for CRD %s to be established: %w", name, err)
 		}
 	}
+	// Established is not the end: discovery lags it, and a client's REST mapper that asks in
+	// between gets "no matches for kind". Wait until discovery serves every installed resource.
+	disc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	for gv, plurals := range served {
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			list, err := disc.ServerResourcesForGroupVersion(gv)
+			if apierrors.IsNotFound(err) {
+				return false, nil
+			}
+			if err != nil {
+				return false, err
+			}
+			have := map[string]bool{}
+			for _, r := range list.APIResources {
+				have[r.Name] = true
+			}
+			for _, p := range plurals {
+				if !have[p] {
+					return false, nil
+				}
+			}
+			return true, nil
+		})
+		if err != nil {
+			return fmt.Errorf("waiting for discovery to serve %s %v: %w", gv, plurals, err)
+		}
+	}
 	return nil
+}
+
+// servedResources adds crd's plural resource name under each group/version it serves.
+func servedResources(crd *unstructured.Unstructured, into map[string][]string) {
+	group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
+	plural, _, _ := unstructured.NestedString(crd.Object, "spec", "names", "plural")
+	versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+	for _, v := range versions {
+		m, ok := v.(map[string]any)
+		if !ok || m["served"] != true {
+			continue
+		}
+		name, _ := m["name"].(string)
+		gv := group + "/" + name
+		into[gv] = append(into[gv], plural)
+	}
 }
 
 func readCRDs(path string) ([]*unstructured.Unstructured, error) {
