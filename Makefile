@@ -124,6 +124,10 @@ cluster-down: ## Stop the local cluster and remove everything it created, also a
 cluster-test: ## Bring the local cluster up, run the ./e2e/... tests against it, bring it down.
 	hack/cluster/test.sh
 
+.PHONY: e2e
+e2e: ## The product end to end on the local cluster (./e2e/product; part of cluster-test). CHAOS_GRANTS=20000 makes the chaos run longer.
+	CLUSTER_TEST_PACKAGES=./e2e/product/... hack/cluster/test.sh
+
 .PHONY: cluster-cycle
 cluster-cycle: ## cluster-up/cluster-down three times in a row (one after a simulated crash), nothing left.
 	hack/cluster/cycle.sh 3

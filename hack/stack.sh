@@ -52,6 +52,14 @@ cert_manager_up() {
   crds=$("$CLUSTER_ROOT/hack/cert-manager.sh" --print-crds 2>/dev/null)
   kc apply --server-side --force-conflicts -f "$crds" >/dev/null
   kc wait --for=condition=Established --timeout=60s -f "$crds" >/dev/null
+  # Discovery lags Established; helm maps the chart's Issuer and Certificate through it.
+  local i=0
+  until kc get --raw /apis/cert-manager.io/v1 2>/dev/null | grep -q '"name":"issuers"' &&
+    kc get --raw /apis/cert-manager.io/v1 2>/dev/null | grep -q '"name":"certificates"'; do
+    i=$((i + 1))
+    [ $i -lt 300 ] || die "discovery does not serve cert-manager.io/v1 issuers and certificates"
+    sleep 0.2
+  done
   kc create namespace cert-manager --dry-run=client -o yaml | kc apply -f - >/dev/null
   if pid=$(cm_pid); then
     log "cert-manager controllers already running (pid $pid)"

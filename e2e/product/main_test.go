@@ -9,9 +9,9 @@
 // the stack is already installed (e.g. DEMO_KEEP=1 make demo) it is reused and left in place;
 // otherwise TestMain installs it and removes it afterwards.
 //
-// Scenarios (issue 8): 1 TestLockDeploymentTakesTurns, 2 TestElectionFailover (Pod delete and
-// rolling restart; not the container and side-car kills), 4 TestAnnotatedJobCompletes,
-// 5 TestInjectorDown, 6 TestCertificateRotation, 7 TestNoLeaseRBAC. Not done: 3 (chaos run).
+// Scenarios (issue 8): 1 TestLockDeploymentTakesTurns, 2 TestElectionFailover, 3 TestChaosSafety
+// (CHAOS_GRANTS=20000 runs it longer), 4 TestAnnotatedJobCompletes, 5 TestInjectorDown,
+// 6 TestCertificateRotation, 7 TestNoLeaseRBAC.
 package product
 
 import (
@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -55,8 +56,10 @@ const (
 	// The seed's examples, imported by hack/cluster/up.sh (hack/cluster/images.list).
 	lockImage     = "docker.io/metaparticle/sync-example-lock:0.1.0"
 	electionImage = "docker.io/metaparticle/sync-example-election:0.1.0"
-	// onceImage runs ./e2e/product/cmd/once, built and imported by TestMain.
-	onceImage = "docker.io/metaparticle/e2e-once:test"
+	// onceImage runs ./e2e/product/cmd/once and chaosImage ./e2e/product/cmd/chaos, both built
+	// and imported by TestMain.
+	onceImage  = "docker.io/metaparticle/e2e-once:test"
+	chaosImage = "docker.io/metaparticle/e2e-chaos:test"
 )
 
 var cluster *localcluster.Cluster
@@ -106,13 +109,18 @@ func run(m *testing.M, path string) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "once")
-	if err = localcluster.BuildStatic(ctx, "./e2e/product/cmd/once", bin); err == nil {
-		err = c.ImportImages(ctx, image.Spec{Ref: onceImage, Files: []image.File{{Path: "/once", Source: bin}},
-			User: "65532:65532", Entrypoint: []string{"/once"}})
+	var specs []image.Spec
+	for _, cmd := range []struct{ name, ref string }{{"once", onceImage}, {"chaos", chaosImage}} {
+		bin := filepath.Join(dir, cmd.name)
+		if err := localcluster.BuildStatic(ctx, "./e2e/product/cmd/"+cmd.name, bin); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e/product: building cmd/%s: %v\n", cmd.name, err)
+			return 1
+		}
+		specs = append(specs, image.Spec{Ref: cmd.ref, Files: []image.File{{Path: "/" + cmd.name, Source: bin}},
+			User: "65532:65532", Entrypoint: []string{"/" + cmd.name}})
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/product: image of cmd/once:", err)
+	if err := c.ImportImages(ctx, specs...); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/product: images of cmd/once and cmd/chaos:", err)
 		return 1
 	}
 	// cert-manager's TriggerRenewal goes through a controller-runtime client: keep its logger quiet.
@@ -250,6 +258,25 @@ func leaseHolder(l *coordinationv1.Lease) string {
 	}
 	pod, _, _ := strings.Cut(*l.Spec.HolderIdentity, "/")
 	return pod
+}
+
+// runningContainer returns the containerd ID of p's container (or init container) name when it
+// runs, or "", and how often it restarted.
+func runningContainer(p *corev1.Pod, name string) (id string, restarts int32) {
+	for _, s := range append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...) {
+		if s.Name == name && s.State.Running != nil && s.ContainerID != "" {
+			_, id, _ := strings.Cut(s.ContainerID, "://")
+			return id, s.RestartCount
+		}
+	}
+	return "", 0
+}
+
+// sigkill kills a container's first process with SIGKILL, as a crash would; the kubelet
+// restarts the container.
+func sigkill(ctx context.Context, id string) error {
+	_, err := cluster.Ctr(ctx, "task", "kill", "--signal", "SIGKILL", id)
+	return err
 }
 
 // logsWithTimestamps returns a container's log lines, each prefixed with the runtime's RFC3339

@@ -165,8 +165,10 @@ func TestLockDeploymentTakesTurns(t *testing.T) {
 	}
 }
 
-// Scenario 2: the seed's election example, 3 replicas: one master; deleting the master Pod hands
-// over at once; a rolling restart never leaves the election without a master for long.
+// Scenario 2: the seed's election example, 3 replicas: one master; killing the master's app
+// container hands over at once, killing its side-car after about the lease duration; deleting the
+// master Pod hands over at once; a rolling restart never leaves the election without a master for
+// long.
 func TestElectionFailover(t *testing.T) {
 	localcluster.Require(t, cluster)
 	ctx := testContext(t, 4*time.Minute)
@@ -211,6 +213,17 @@ func TestElectionFailover(t *testing.T) {
 	if masters != 1 {
 		t.Errorf("%d apps say they are the master; want 1", masters)
 	}
+
+	// Kill the master's app container (SIGKILL, as a crash): its connections to the side-car
+	// close, the side-car ends its session and leaves the election, another candidate is elected
+	// at once; the kubelet restarts the container and the app stands again.
+	master = killMaster(ctx, t, ns, master, "election", 0, 2*time.Second)
+	readyPods(ctx, t, ns, "election", 3)
+	// Kill the master's side-car: its Lease stays with the dead side-car until it expires, so
+	// another candidate is elected after about the lease duration (15 s; the holder renewed at
+	// most a renew period, 5 s, before the kill); the app hears at once that it lost.
+	master = killMaster(ctx, t, ns, master, webhook.SidecarName, 10*time.Second, 20*time.Second)
+	readyPods(ctx, t, ns, "election", 3)
 
 	// Pods only seconds old are slow to stop: the kubelet then took about 1.7 s from the delete to
 	// the app's SIGTERM here (the side-car's handoff itself took 15 ms). Let them settle first.
@@ -330,6 +343,44 @@ func TestElectionFailover(t *testing.T) {
 	if !found {
 		t.Errorf("master after the rollout is %s, not one of the new Pods", m)
 	}
+}
+
+// killMaster kills the master Pod's container with SIGKILL, waits for another master, checks that
+// the handoff took between atLeast and atMost and that the old master's app said it lost (unless
+// the app itself was killed), and returns the new master.
+func killMaster(ctx context.Context, t *testing.T, ns, master, container string, atLeast, atMost time.Duration) string {
+	t.Helper()
+	p, err := cluster.Clientset.CoreV1().Pods(ns).Get(ctx, master, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := runningContainer(p, container)
+	if id == "" {
+		t.Fatalf("master %s: its %s container does not run", master, container)
+	}
+	start := time.Now()
+	if err := sigkill(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	next := waitMaster(ctx, t, ns, master)
+	handoff := time.Since(start)
+	t.Logf("killed master %s's %s: %s is master %s later (by the Lease, polling every 20ms)", master, container, next, handoff.Round(time.Millisecond))
+	if handoff < atLeast || handoff > atMost {
+		t.Errorf("new master %s after killing the master's %s; want between %s and %s", handoff.Round(time.Millisecond), container, atLeast, atMost)
+	}
+	if container != "election" {
+		for {
+			lines, err := logsWithTimestamps(ctx, ns, master, "election")
+			if err == nil && strings.Contains(strings.Join(lines, "\n"), "I lost the master") {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("the app of %s never said it lost the master after its %s was killed: %v", master, container, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return next
 }
 
 // waitMaster waits until a Pod other than not holds the election "test" and returns it.

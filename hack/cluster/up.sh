@@ -9,13 +9,23 @@
 #
 # Usage: hack/cluster/up.sh            (make cluster-up)
 #        hack/cluster/up.sh --print-kubeconfig
+#        hack/cluster/up.sh --restart kube-apiserver|etcd   (crash and restart one component of a
+#                             running cluster: SIGKILL, then started as up.sh starts it, until ready)
 #        hack/cluster/down.sh removes everything again (make cluster-down).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
+RESTART=
 case ${1:-} in
   --print-kubeconfig) echo "$KUBECONFIG_FILE"; exit 0 ;;
-  -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --restart)
+    RESTART=${2:-}
+    case $RESTART in
+      kube-apiserver | etcd) ;;
+      *) die "--restart: want kube-apiserver or etcd, got '${RESTART}'" ;;
+    esac
+    ;;
   "") ;;
   *) die "unknown argument $1" ;;
 esac
@@ -428,6 +438,25 @@ PAUSE_IMAGE=$PAUSE_REF
 EOF
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
+
+# restart NAME kills a running component with SIGKILL, as a crash would, waits until it is gone
+# and starts it again.
+restart() {
+  local name=$1 pid
+  pid=$(pid_of "$name") || die "$name is not running: is the cluster up?"
+  kill -KILL "$pid"
+  while [ -e "/proc/$pid" ]; do sleep 0.05; done
+  log "$name: killed (pid $pid)"
+  case $name in
+    kube-apiserver) start_apiserver ;;
+    etcd) start_etcd ;;
+  esac
+}
+
+if [ -n "$RESTART" ]; then
+  step "restarting $RESTART" restart "$RESTART"
+  exit 0
+fi
 
 log "cluster directory $CLUSTER_DIR; node $NODE_NAME at $NODE_IP; Pods $POD_CIDR; Services $SERVICE_CIDR"
 step "installing containerd, runc, CNI plugins, iptables (apt-get, once)" ensure_packages

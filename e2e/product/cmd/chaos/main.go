@@ -1,0 +1,194 @@
+// Command chaos is the contender of the chaos safety run (e2e/product, scenario 3). In a Pod
+// annotated metaparticle.io/sync: "true" it loops until SIGTERM: acquire the lock through the
+// injected side-car, announce the hold to the shared register with its fencing token, write a few
+// times, and release. Before each message it reads the clock and then checks that the hold was
+// not reported lost (see package e2e/product/chaos). Errors, including a side-car that is gone,
+// are logged and retried: killing this process or its side-car is the point of the run.
+//
+// With -late-every n, the last write of every n-th hold is sent late, after the release, as a
+// write delayed in the network would arrive: the register must refuse it once another hold began.
+//
+//	chaos -register http://10.217.0.1:40000 [-name chaos] [-writes 3] [-pause 5ms] [-late-every 0] [-late-by 300ms]
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"math/big"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/metaparticle-io/sync/e2e/product/chaos"
+	"github.com/metaparticle-io/sync/sdk"
+)
+
+func main() {
+	url := flag.String("register", "", "base URL of the shared register (required)")
+	name := flag.String("name", "chaos", "name of the lock")
+	writes := flag.Int("writes", 3, "writes per hold")
+	pause := flag.Duration("pause", 5*time.Millisecond, "pause before each write and, at random up to it, before each acquire")
+	lateEvery := flag.Int("late-every", 0, "send the last write of every n-th hold late: stamped while holding, sent after the release (0: never)")
+	lateBy := flag.Duration("late-by", 300*time.Millisecond, "how long after the release a late write is sent")
+	flag.Parse()
+	if *url == "" {
+		fmt.Fprintln(os.Stderr, "chaos: -register is required")
+		os.Exit(2)
+	}
+	pod, err := os.Hostname()
+	if err != nil {
+		log.Fatalf("chaos: %v", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	c := &contender{reg: &chaos.Client{URL: *url}, lock: sdk.NewLock(*name), pod: pod, proc: randomID(),
+		writes: *writes, pause: *pause, lateEvery: *lateEvery, lateBy: *lateBy}
+	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
+	log.Printf("chaos: %s process %s contends for %q, register %s", pod, c.proc, *name, *url)
+	c.run(ctx)
+	_ = sdk.DefaultClient().Close()
+	log.Printf("chaos: stopped after %d holds", c.n)
+}
+
+type contender struct {
+	reg       *chaos.Client
+	lock      *sdk.Lock
+	pod       string
+	proc      string // this process, so that hold names stay unique across restarts
+	writes    int
+	pause     time.Duration
+	lateEvery int
+	lateBy    time.Duration
+	n         int // holds so far
+}
+
+func (c *contender) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		sleep(ctx, jitter(c.pause))
+		if err := c.lock.Acquire(ctx); err != nil {
+			if ctx.Err() == nil {
+				log.Printf("chaos: acquire: %v", err)
+				sleep(ctx, 200*time.Millisecond)
+			}
+			continue
+		}
+		reason := c.hold(ctx, fmt.Sprintf("%s/%s/%d", c.pod, c.proc, c.n))
+		c.n++
+		if err := c.lock.Release(context.WithoutCancel(ctx)); err != nil && !errors.Is(err, sdk.ErrLost) {
+			log.Printf("chaos: release: %v", err)
+		}
+		if reason != chaos.ReasonDone || c.n%100 == 0 {
+			log.Printf("chaos: hold %d ended: %s", c.n, reason)
+		}
+	}
+}
+
+// hold runs one hold and returns why it ended. Every End carries the last moment the application
+// still believed it held the lock, never a later one.
+func (c *contender) hold(stop context.Context, id string) string {
+	// Messages are not cut short by SIGTERM (stop; the client's timeout bounds them): a message
+	// the register may have received is never left in doubt by this process.
+	ctx := context.WithoutCancel(stop)
+	token := c.lock.Token()
+	last, lost := c.now()
+	if lost {
+		return chaos.ReasonLost // lost before it was announced: nothing claimed
+	}
+	ok, err := c.reg.Begin(ctx, chaos.Begin{Hold: id, Pod: c.pod, Token: token, At: last})
+	if err != nil {
+		// The register may or may not have it; if it does, the hold ends at its Begin, which is
+		// when this application last claimed it.
+		log.Printf("chaos: begin %s: %v", id, err)
+		return chaos.ReasonLost
+	}
+	if !ok {
+		return c.end(ctx, id, last, chaos.ReasonStale)
+	}
+	for i := range c.writes {
+		sleep(stop, c.pause)
+		at, lost := c.now()
+		if lost {
+			return c.end(ctx, id, last, chaos.ReasonLost)
+		}
+		if stop.Err() != nil {
+			return c.end(ctx, id, last, chaos.ReasonDone)
+		}
+		last = at
+		if i == c.writes-1 && c.lateEvery > 0 && c.n%c.lateEvery == c.lateEvery-1 {
+			// A write delayed in the network: it arrives after this hold has ended (the caller
+			// releases at once) and, most likely, after another hold began.
+			w := chaos.Write{Hold: id, Token: token, At: at, Late: true}
+			time.AfterFunc(c.lateBy, func() {
+				if _, err := c.reg.Write(ctx, w); err != nil {
+					log.Printf("chaos: late write %s: %v", id, err)
+				}
+			})
+			break
+		}
+		ok, err := c.reg.Write(ctx, chaos.Write{Hold: id, Token: token, At: at})
+		if err != nil {
+			log.Printf("chaos: write %s: %v", id, err)
+			return c.end(ctx, id, last, chaos.ReasonLost)
+		}
+		if !ok {
+			return c.end(ctx, id, last, chaos.ReasonStale)
+		}
+	}
+	if at, lost := c.now(); !lost {
+		return c.end(ctx, id, at, chaos.ReasonDone)
+	}
+	return c.end(ctx, id, last, chaos.ReasonLost)
+}
+
+// now reads the clock, then whether the hold was lost: when it was not, the application still
+// believed it held the lock at the time returned.
+func (c *contender) now() (time.Time, bool) {
+	at := time.Now()
+	select {
+	case <-c.lock.Lost():
+		return at, true
+	default:
+		return at, false
+	}
+}
+
+// end reports the end of a hold, as of last, and returns reason. It is best effort: a hold whose
+// End is lost ends at its last message, which the register has.
+func (c *contender) end(ctx context.Context, id string, last time.Time, reason string) string {
+	if err := c.reg.End(ctx, chaos.End{Hold: id, At: last, Reason: reason}); err != nil {
+		log.Printf("chaos: end %s: %v", id, err)
+	}
+	return reason
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	n, err := rand.Int(rand.Reader, big.NewInt(int64(d)))
+	if err != nil {
+		return d
+	}
+	return time.Duration(n.Int64())
+}
+
+func randomID() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%x", b)
+}
