@@ -53,9 +53,9 @@ cert_manager_up() {
   kc apply --server-side --force-conflicts -f "$crds" >/dev/null
   kc wait --for=condition=Established --timeout=60s -f "$crds" >/dev/null
   # Discovery lags Established; helm maps the chart's Issuer and Certificate through it.
-  local i=0
-  until kc get --raw /apis/cert-manager.io/v1 2>/dev/null | grep -q '"name":"issuers"' &&
-    kc get --raw /apis/cert-manager.io/v1 2>/dev/null | grep -q '"name":"certificates"'; do
+  local i=0 resources=
+  until [[ $resources == *'"name":"issuers"'* && $resources == *'"name":"certificates"'* ]]; do
+    resources=$(kc get --raw /apis/cert-manager.io/v1 2>/dev/null) || true
     i=$((i + 1))
     [ $i -lt 300 ] || die "discovery does not serve cert-manager.io/v1 issuers and certificates"
     sleep 0.2

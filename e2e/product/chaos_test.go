@@ -59,14 +59,17 @@ var allFaultKinds = []string{faultKillApp, faultKillSidecar, faultRestartAPI, fa
 
 // Scenario 3: the chaos safety run. Five contender Pods (./e2e/product/cmd/chaos) loop acquire ->
 // announce and write to a shared fenced register with their token -> release, while faults are
-// injected one at a time, each kind at least once: SIGKILL of a holder's app container, SIGKILL of
-// a holder's side-car, a crash and restart of the API server, and a holder Pod cut off from the
-// API server by iptables in its network namespace. The register (package chaos) refuses stale
-// tokens and finds every overlap of the applications' holds. The run fails on an overlap, two
-// holds with one token, a later hold with a lower token, or no grant within lease duration +
-// margin after a fault. It stops by itself after CHAOS_GRANTS grants (default 1000) and at least
-// one fault of each kind; CHAOS_FAULTS=kill-app,kill-sidecar,restart-apiserver,cut-off (the
-// default) chooses the kinds.
+// injected one at a time: SIGKILL of an app container, SIGKILL of a side-car, a crash and restart
+// of the API server, and a Pod cut off from the API server by iptables in its network namespace;
+// faults aimed at a Pod aim at the holder. The register (package chaos) refuses stale tokens and
+// finds every overlap of the holds as the applications claimed them (their claims are sampled
+// every 20 ms or so: a shorter overlap between two claims would go unseen).
+//
+// The run fails on an overlap, two holds with one token, a later hold with a lower token, late
+// writes none of which was refused, a malformed message, or no grant within lease duration +
+// margin after a fault. It stops by itself once CHAOS_GRANTS holds (default 1000) were announced,
+// every kind of fault was injected and each kind aimed at a Pod hit a holder at least once;
+// CHAOS_FAULTS=kill-app,kill-sidecar,restart-apiserver,cut-off (the default) chooses the kinds.
 func TestChaosSafety(t *testing.T) {
 	localcluster.Require(t, cluster)
 	target := defaultChaosCount
@@ -79,7 +82,7 @@ func TestChaosSafety(t *testing.T) {
 	}
 	faultKinds := allFaultKinds
 	if s := os.Getenv("CHAOS_FAULTS"); s != "" {
-		faultKinds = strings.Split(s, ",")
+		faultKinds = slices.Compact(slices.Sorted(slices.Values(strings.Split(s, ","))))
 		for _, k := range faultKinds {
 			if !slices.Contains(allFaultKinds, k) {
 				t.Fatalf("CHAOS_FAULTS=%q: %q is not one of %s", s, k, strings.Join(allFaultKinds, ","))
@@ -121,15 +124,21 @@ func TestChaosSafety(t *testing.T) {
 	f := &faulter{t: t, ns: ns, reg: reg}
 	t.Cleanup(f.healAll)
 	start := time.Now()
-	faults := map[string]int{}
-	var deck []string
-	for {
-		n := reg.Counts().Grants
-		if n >= target && len(faults) == len(faultKinds) {
-			break
+	faults, hits := map[string]int{}, map[string]int{}
+	// done: enough grants, every kind injected, and every kind aimed at a Pod has hit a holder.
+	done := func() bool {
+		for _, k := range faultKinds {
+			if faults[k] == 0 || (k != faultRestartAPI && hits[k] == 0) {
+				return false
+			}
 		}
+		return reg.Counts().Grants >= target
+	}
+	var deck []string
+	for !done() {
 		if time.Since(start) > limit {
-			t.Errorf("the run did not reach %d grants and every fault kind within %s: %d grants, faults %v", target, limit, n, faults)
+			t.Errorf("the run did not reach %d grants, every fault kind and a hit holder for each within %s: %d grants, faults %v, holders hit %v",
+				target, limit, reg.Counts().Grants, faults, hits)
 			break
 		}
 		time.Sleep(time.Second + rand.N(3*time.Second))
@@ -139,20 +148,36 @@ func TestChaosSafety(t *testing.T) {
 		}
 		kind := deck[0]
 		deck = deck[1:]
-		desc, from, err := f.inject(ctx, kind)
+		ft, err := f.inject(ctx, kind)
 		if err != nil {
-			t.Errorf("fault %q: %v", kind, err)
+			t.Errorf("fault %s: %v", kind, err)
 			break
 		}
 		faults[kind]++
-		ok := waitGrant(ctx, reg, from, chaosLeaseDuration+chaosMargin)
+		ok := waitGrant(ctx, reg, ft.from, chaosLeaseDuration+chaosMargin)
 		_, next := reg.Granted()
 		f.healAll()
 		if !ok {
-			t.Errorf("no grant within %s (lease duration + margin) after %s", chaosLeaseDuration+chaosMargin, desc)
+			t.Errorf("no grant within %s (lease duration + margin) after %s", chaosLeaseDuration+chaosMargin, ft.desc)
 			break
 		}
-		t.Logf("fault %d: %s; next grant %s later", total(faults), desc, next.Sub(from).Round(time.Millisecond))
+		role := ""
+		if ft.pod != "" {
+			role = ", which did not hold the lock"
+			if reg.HeldAt(ft.pod, ft.at) {
+				hits[kind]++
+				role = ", which held the lock"
+			}
+		}
+		t.Logf("fault %d: %s%s; next grant %s later", total(faults), ft.desc, role, next.Sub(ft.from).Round(time.Millisecond))
+		if ft.retire {
+			// Out of the kubelet's crash-loop back-off: a fresh Pod replaces this one.
+			if err := cs.CoreV1().Pods(ns).Delete(ctx, ft.pod, metav1.DeleteOptions{}); err != nil {
+				t.Errorf("replacing Pod %s: %v", ft.pod, err)
+				break
+			}
+			t.Logf("replacing Pod %s, whose containers restarted %d times", ft.pod, chaosMaxRestarts)
+		}
 	}
 	elapsed := time.Since(start)
 
@@ -167,7 +192,11 @@ func TestChaosSafety(t *testing.T) {
 	rep := reg.Report()
 	var kinds []string
 	for _, k := range allFaultKinds {
-		kinds = append(kinds, fmt.Sprintf("%s %d", k, faults[k]))
+		if k == faultRestartAPI {
+			kinds = append(kinds, fmt.Sprintf("%s %d", k, faults[k]))
+		} else {
+			kinds = append(kinds, fmt.Sprintf("%s %d (%d on the holder)", k, faults[k], hits[k]))
+		}
 	}
 	t.Logf("chaos run: %d grants in %s (%.1f/s), %d writes accepted, faults: %s; stale messages refused %d "+
 		"(late writes %d, refused %d); holds ended done %d, lost %d, refused as stale %d; longest time without a holder %s (from %s); "+
@@ -246,55 +275,105 @@ type faulter struct {
 	cuts []func() error
 }
 
-// inject injects one fault of kind and returns what it did and the moment from which the next
-// grant is due within the lease duration + margin.
-func (f *faulter) inject(ctx context.Context, kind string) (desc string, from time.Time, err error) {
-	switch kind {
-	case faultRestartAPI:
-		root, err := localcluster.ModuleRoot()
-		if err != nil {
-			return "", time.Time{}, err
+// injected is one fault.
+type injected struct {
+	desc string
+	pod  string    // the Pod hit, or "" for the API server
+	at   time.Time // when it struck
+	// from is when the next grant becomes due, within the lease duration + margin: when the fault
+	// struck, or when the API server was back.
+	from time.Time
+	// retire says that the Pod's container has now restarted chaosMaxRestarts times: the Pod is
+	// to be replaced before the kubelet's back-off keeps it out of the run.
+	retire bool
+}
+
+// inject injects one fault of kind. A fault aimed at a container that stopped meanwhile (Pod
+// status lags the kubelet) is aimed again, up to three times.
+func (f *faulter) inject(ctx context.Context, kind string) (injected, error) {
+	if kind == faultRestartAPI {
+		return restartAPIServer(ctx)
+	}
+	var err error
+	for range 3 {
+		var ft injected
+		if ft, err = f.injectPod(ctx, kind); err == nil {
+			return ft, nil
 		}
-		start := time.Now()
-		out, err := exec.CommandContext(ctx, filepath.Join(root, "hack", "cluster", "up.sh"), "--restart", "kube-apiserver").CombinedOutput()
+		time.Sleep(500 * time.Millisecond)
+	}
+	return injected{}, err
+}
+
+func (f *faulter) injectPod(ctx context.Context, kind string) (injected, error) {
+	container := chaosApp
+	if kind != faultKillApp {
+		container = webhook.SidecarName
+	}
+	cands, err := f.candidates(ctx, container)
+	if err != nil {
+		return injected{}, err
+	}
+	if kind == faultCutOff {
+		// Enter every candidate's network namespace first, so that little time passes between
+		// choosing the holder and cutting it off.
+		var nets []*os.File
+		defer func() {
+			for _, n := range nets {
+				if n != nil {
+					n.Close()
+				}
+			}
+		}()
+		pids, err := taskPIDs(ctx)
 		if err != nil {
-			return "", time.Time{}, fmt.Errorf("%w: %s", err, out)
+			return injected{}, err
 		}
-		ready := time.Now()
-		return fmt.Sprintf("the API server's restart (down and back in %s)", ready.Sub(start).Round(time.Millisecond)), ready, nil
-	case faultKillApp, faultKillSidecar:
-		container := chaosApp
-		if kind == faultKillSidecar {
-			container = webhook.SidecarName
+		for _, c := range cands {
+			n, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pids[c.id]))
+			if pids[c.id] == 0 || err != nil {
+				return injected{}, fmt.Errorf("network namespace of %s's %s: not running (%v)", c.pod, container, err)
+			}
+			nets = append(nets, n)
 		}
-		pod, id, role, err := f.victim(ctx, container)
-		if err != nil {
-			return "", time.Time{}, err
+		i := f.pick(cands)
+		cut := &cutOff{net: nets[i]}
+		if err := cut.apply(ctx, "-I"); err != nil {
+			return injected{}, fmt.Errorf("cutting %s off: %w", cands[i].pod, err)
 		}
 		at := time.Now()
-		if err := sigkill(ctx, id); err != nil {
-			return "", time.Time{}, err
-		}
-		return fmt.Sprintf("SIGKILL of %s's %s (%s)", pod, container, role), at, nil
-	case faultCutOff:
-		pod, id, role, err := f.victim(ctx, webhook.SidecarName)
-		if err != nil {
-			return "", time.Time{}, err
-		}
-		heal, err := cutOff(ctx, id)
-		if err != nil {
-			return "", time.Time{}, err
-		}
-		at := time.Now()
+		nets[i] = nil // the cut keeps it open until healed
 		f.mu.Lock()
 		f.cuts = append(f.cuts, func() error {
 			time.Sleep(time.Until(at.Add(chaosCut)))
-			return heal()
+			return cut.heal()
 		})
 		f.mu.Unlock()
-		return fmt.Sprintf("cutting %s (%s) off from the API server for %s", pod, role, chaosCut), at, nil
+		return injected{desc: fmt.Sprintf("cutting %s off from the API server for %s", cands[i].pod, chaosCut), pod: cands[i].pod, at: at, from: at}, nil
 	}
-	return "", time.Time{}, fmt.Errorf("unknown fault %q", kind)
+	c := cands[f.pick(cands)]
+	at := time.Now()
+	if err := sigkill(ctx, c.id); err != nil {
+		return injected{}, fmt.Errorf("killing %s's %s: %w", c.pod, container, err)
+	}
+	return injected{desc: fmt.Sprintf("SIGKILL of %s's %s", c.pod, container), pod: c.pod, at: at, from: at,
+		retire: c.restarts+1 >= chaosMaxRestarts}, nil
+}
+
+// restartAPIServer crashes the API server and starts it again (hack/cluster/up.sh --restart).
+func restartAPIServer(ctx context.Context) (injected, error) {
+	root, err := localcluster.ModuleRoot()
+	if err != nil {
+		return injected{}, err
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(root, "hack", "cluster", "up.sh"), "--restart", "kube-apiserver")
+	cmd.Env = append(os.Environ(), "METAPARTICLE_CLUSTER_DIR="+cluster.Var("CLUSTER_DIR"), "METAPARTICLE_NODE_IP="+cluster.Var("NODE_IP"))
+	at := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return injected{}, fmt.Errorf("%w: %s", err, out)
+	}
+	ready := time.Now()
+	return injected{desc: fmt.Sprintf("the API server's crash and restart (back in %s)", ready.Sub(at).Round(time.Millisecond)), at: at, from: ready}, nil
 }
 
 // healAll ends every cut, each no sooner than chaosCut after it began.
@@ -310,17 +389,17 @@ func (f *faulter) healAll() {
 	}
 }
 
-// victim picks a Pod whose container is running, preferring the current holder's unless that
-// container has restarted chaosMaxRestarts times already, and returns the Pod, the container's
-// containerd ID and whether the Pod held the lock ("the holder") or not.
-func (f *faulter) victim(ctx context.Context, container string) (pod, id, role string, err error) {
+// candidate is a Pod whose container runs.
+type candidate struct {
+	pod, id  string // Pod name, containerd ID of the container
+	restarts int32
+}
+
+// candidates returns the contender Pods whose container runs, not those being deleted.
+func (f *faulter) candidates(ctx context.Context, container string) ([]candidate, error) {
 	list, err := cluster.Clientset.CoreV1().Pods(f.ns).List(ctx, metav1.ListOptions{LabelSelector: labels.Set{"app": chaosApp}.String()})
 	if err != nil {
-		return "", "", "", err
-	}
-	type candidate struct {
-		pod, id  string
-		restarts int32
+		return nil, err
 	}
 	var cands []candidate
 	for _, p := range list.Items {
@@ -329,81 +408,72 @@ func (f *faulter) victim(ctx context.Context, container string) (pod, id, role s
 		}
 	}
 	if len(cands) == 0 {
-		return "", "", "", fmt.Errorf("no Pod of %s has a running %s container", chaosApp, container)
+		return nil, fmt.Errorf("no Pod of %s has a running %s container", chaosApp, container)
 	}
-	holder := f.reg.Holder()
-	for _, c := range cands {
-		if c.pod == holder && c.restarts < chaosMaxRestarts {
-			return c.pod, c.id, "the holder", nil
-		}
-	}
-	slices.SortFunc(cands, func(a, b candidate) int { return int(a.restarts - b.restarts) })
-	role = "not the holder"
-	if cands[0].pod == holder {
-		role = "the holder"
-	}
-	return cands[0].pod, cands[0].id, role, nil
+	return cands, nil
 }
 
-// cutOff drops, in the network namespace of the container id (its Pod's), every packet to the
-// API server, by its Service address and by its own, and returns the function that heals it.
-func cutOff(ctx context.Context, id string) (heal func() error, err error) {
-	pid, err := taskPID(ctx, id)
-	if err != nil {
-		return nil, err
+// pick returns the index of the current holder's candidate, or else of the one restarted least.
+func (f *faulter) pick(cands []candidate) int {
+	holder := f.reg.Holder()
+	best := 0
+	for i, c := range cands {
+		if c.pod == holder {
+			return i
+		}
+		if c.restarts < cands[best].restarts {
+			best = i
+		}
 	}
+	return best
+}
+
+// cutOff drops, in one network namespace, every packet to the API server, by its Service address
+// and by its own.
+type cutOff struct {
+	net *os.File // the namespace, held open until healed
+}
+
+func (c *cutOff) apply(ctx context.Context, op string) error {
 	u, err := url.Parse(cluster.Config.Host)
 	if err != nil {
-		return nil, err
-	}
-	rules := [][]string{
-		{"-d", cluster.Var("API_SERVICE_IP"), "-p", "tcp", "--dport", "443"},
-		{"-d", u.Hostname(), "-p", "tcp", "--dport", u.Port()},
-	}
-	ipt := func(op string, rule []string) error {
-		args := append([]string{"-t", strconv.Itoa(pid), "-n", "iptables", "-w", "5", op, "OUTPUT"}, rule...)
-		_, err := localcluster.Command(ctx, "nsenter", append(args, "-m", "comment", "--comment", "metaparticle-sync e2e chaos cut", "-j", "DROP")...)
 		return err
 	}
-	for i, r := range rules {
-		if err := ipt("-I", r); err != nil {
-			for _, done := range rules[:i] {
-				_ = ipt("-D", done)
-			}
-			return nil, err
-		}
+	const comment = `-m comment --comment "metaparticle-sync e2e chaos cut" -j DROP`
+	rules := fmt.Sprintf("*filter\n%s OUTPUT -d %s -p tcp --dport 443 %s\n%s OUTPUT -d %s -p tcp --dport %s %s\nCOMMIT\n",
+		op, cluster.Var("API_SERVICE_IP"), comment, op, u.Hostname(), u.Port(), comment)
+	cmd := exec.CommandContext(ctx, "nsenter", "--net=/proc/self/fd/3", "iptables-restore", "--noflush", "--wait", "5")
+	cmd.ExtraFiles = []*os.File{c.net}
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables-restore %s: %w: %s", op, err, out)
 	}
-	return func() error {
-		var errs []string
-		for _, r := range rules {
-			// The Pod may be gone, and its network namespace with it: nothing left to heal.
-			if err := ipt("-D", r); err != nil && processExists(pid) {
-				errs = append(errs, err.Error())
-			}
-		}
-		if len(errs) > 0 {
-			return fmt.Errorf("%s", strings.Join(errs, "; "))
-		}
-		return nil
-	}, nil
+	return nil
 }
 
-// taskPID returns the host PID of a running container's first process.
-func taskPID(ctx context.Context, id string) (int, error) {
+// heal removes the rules, even when the run's context has ended, and lets the namespace go.
+func (c *cutOff) heal() error {
+	defer c.net.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return c.apply(ctx, "-D")
+}
+
+// taskPIDs maps the containerd ID of every running container to the host PID of its first
+// process.
+func taskPIDs(ctx context.Context) (map[string]int, error) {
 	out, err := cluster.Ctr(ctx, "task", "ls")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	pids := map[string]int{}
 	for _, line := range strings.Split(out, "\n") {
 		fields := strings.Fields(line)
-		if len(fields) >= 3 && fields[0] == id && fields[2] == "RUNNING" {
-			return strconv.Atoi(fields[1])
+		if len(fields) >= 3 && fields[2] == "RUNNING" {
+			if pid, err := strconv.Atoi(fields[1]); err == nil {
+				pids[fields[0]] = pid
+			}
 		}
 	}
-	return 0, fmt.Errorf("container %s is not running", id)
-}
-
-func processExists(pid int) bool {
-	_, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid)))
-	return err == nil
+	return pids, nil
 }

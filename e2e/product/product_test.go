@@ -369,18 +369,37 @@ func killMaster(ctx context.Context, t *testing.T, ns, master, container string,
 		t.Errorf("new master %s after killing the master's %s; want between %s and %s", handoff.Round(time.Millisecond), container, atLeast, atMost)
 	}
 	if container != "election" {
-		for {
-			lines, err := logsWithTimestamps(ctx, ns, master, "election")
-			if err == nil && strings.Contains(strings.Join(lines, "\n"), "I lost the master") {
-				break
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("the app of %s never said it lost the master after its %s was killed: %v", master, container, err)
-			}
-			time.Sleep(100 * time.Millisecond)
+		// The app's SDK sees its side-car's connections close: it says it lost at once, by the
+		// runtime's timestamp of the line.
+		said := lostMasterAt(ctx, t, ns, master, start)
+		t.Logf("old master %s's app said it lost %s after the kill", master, said.Sub(start).Round(time.Millisecond))
+		if said.Sub(start) > 2*time.Second {
+			t.Errorf("the old master's app said it lost %s after its side-car was killed; want at once (< 2s)", said.Sub(start).Round(time.Millisecond))
 		}
 	}
 	return next
+}
+
+// lostMasterAt waits for the election app of pod to print "I lost the master" at or after since
+// and returns the line's timestamp.
+func lostMasterAt(ctx context.Context, t *testing.T, ns, pod string, since time.Time) time.Time {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		lines, err := logsWithTimestamps(ctx, ns, pod, "election")
+		for _, l := range lines {
+			stamp, text, _ := strings.Cut(l, " ")
+			at, perr := time.Parse(time.RFC3339Nano, stamp)
+			if perr == nil && !at.Before(since) && strings.Contains(text, "I lost the master") {
+				return at
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the app of %s did not say it lost the master: %v (log error %v)", pod, ctx.Err(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // waitMaster waits until a Pod other than not holds the election "test" and returns it.

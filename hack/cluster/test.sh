@@ -4,8 +4,9 @@
 # if anything is left behind. A cluster that was already running is reused and left running.
 # On failure the cluster's logs are copied to /tmp/metaparticle-sync-cluster-logs.<time> first.
 #
-# Environment: CLUSTER_TEST_PACKAGES (default ./e2e/...), GO_TEST_FLAGS, KEEP_CLUSTER=1 (leave
-# the cluster up afterwards); the chaos run in e2e/product reads CHAOS_GRANTS and CHAOS_FAULTS.
+# Environment: CLUSTER_TEST_PACKAGES (default ./e2e/...), GO_TEST_FLAGS (default -v),
+# KEEP_CLUSTER=1 (leave the cluster up afterwards); the chaos run in e2e/product reads
+# CHAOS_GRANTS and CHAOS_FAULTS.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 require_root cluster-test
@@ -37,6 +38,8 @@ cd "$CLUSTER_ROOT"
 # -p 1: one package at a time, as the chaos run (e2e/product) restarts the API server.
 # shellcheck disable=SC2086
 # -timeout: a long chaos run (CHAOS_GRANTS=20000) takes most of an hour.
-METAPARTICLE_CLUSTER_ENV=$ENV_FILE go test -count=1 -p 1 -timeout 150m ${GO_TEST_FLAGS:-} ${CLUSTER_TEST_PACKAGES:-./e2e/...}
+# GO_TEST_FLAGS defaults to -v: the tests' measurements (handoffs, the chaos run's counts) are
+# their product.
+METAPARTICLE_CLUSTER_ENV=$ENV_FILE go test -count=1 -p 1 -timeout 150m ${GO_TEST_FLAGS--v} ${CLUSTER_TEST_PACKAGES:-./e2e/...}
 # Every component survived the tests.
 all_running

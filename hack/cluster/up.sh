@@ -18,7 +18,7 @@ source "$(dirname "$0")/lib.sh"
 RESTART=
 case ${1:-} in
   --print-kubeconfig) echo "$KUBECONFIG_FILE"; exit 0 ;;
-  -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   --restart)
     RESTART=${2:-}
     case $RESTART in
@@ -439,13 +439,27 @@ EOF
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
 
+# exited PID succeeds when the process is gone, or is a zombie whose other threads are gone too
+# (the thread group's leader turns zombie while the other threads may still hold its files).
+exited() {
+  local state threads
+  state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null) || return 0
+  threads=$(find "/proc/$1/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+  { [ -z "$state" ] || [ "$state" = Z ] || [ "$state" = X ]; } && [ "$threads" -le 1 ]
+}
+
 # restart NAME kills a running component with SIGKILL, as a crash would, waits until it is gone
 # and starts it again.
 restart() {
-  local name=$1 pid
+  local name=$1 pid deadline=$((SECONDS + 30))
   pid=$(pid_of "$name") || die "$name is not running: is the cluster up?"
-  kill -KILL "$pid"
-  while [ -e "/proc/$pid" ]; do sleep 0.05; done
+  kill -KILL "$pid" 2>/dev/null || true # it may have exited just now: it is started below
+  # Wait until it has closed its files (its listening sockets among them): its cmdline empties
+  # earlier, while it still exits, and its parent may reap it late.
+  while ! exited "$pid"; do
+    [ $SECONDS -lt $deadline ] || die "$name (pid $pid) still runs 30 s after SIGKILL"
+    sleep 0.05
+  done
   log "$name: killed (pid $pid)"
   case $name in
     kube-apiserver) start_apiserver ;;

@@ -79,8 +79,6 @@ type Reply struct {
 
 // Register is the fenced register. See the package documentation.
 type Register struct {
-	now func() time.Time
-
 	mu sync.Mutex // guards everything below
 	// maxToken is the highest token accepted so far and maxHold the hold it came from.
 	maxToken uint64
@@ -123,7 +121,7 @@ type Counts struct {
 
 // NewRegister returns an empty register.
 func NewRegister() *Register {
-	return &Register{now: time.Now, holds: map[string]*hold{}, granted: make(chan struct{}), counts: Counts{Ends: map[string]int{}}}
+	return &Register{holds: map[string]*hold{}, granted: make(chan struct{}), counts: Counts{Ends: map[string]int{}}}
 }
 
 // ServeHTTP serves PathBegin, PathWrite and PathEnd.
@@ -186,7 +184,7 @@ func (r *Register) Begin(m Begin) (Reply, error) {
 	if _, dup := r.holds[m.Hold]; dup {
 		return Reply{}, fmt.Errorf("begin: hold %q announced twice", m.Hold)
 	}
-	now := r.now()
+	now := time.Now()
 	r.holds[m.Hold] = &hold{id: m.Hold, pod: m.Pod, token: m.Token, begin: m.At, last: m.At, beginArrived: now}
 	r.counts.Grants++
 	r.lastGrant = now
@@ -271,6 +269,28 @@ func (r *Register) Holder() string {
 	return ""
 }
 
+// HeldAt reports whether a fault injected into pod at t hit a holder: pod's latest hold begun by
+// t had not ended before t, and its application had claimed it within HeldRecently before t (a
+// hold that a killed application abandoned long ago does not count).
+func (r *Register) HeldAt(pod string, t time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var latest *hold
+	for _, h := range r.holds {
+		if h.pod == pod && !h.begin.After(t) && (latest == nil || h.begin.After(latest.begin)) {
+			latest = h
+		}
+	}
+	if latest == nil || t.Sub(latest.last) > HeldRecently {
+		return false
+	}
+	return !latest.ended || !latest.last.Before(t)
+}
+
+// HeldRecently bounds the silence of a live hold for [Register.HeldAt]: contenders claim their
+// holds every few tens of milliseconds.
+const HeldRecently = time.Second
+
 // Granted returns a channel closed at the next Begin, and the arrival time of the latest Begin.
 func (r *Register) Granted() (<-chan struct{}, time.Time) {
 	r.mu.Lock()
@@ -282,6 +302,10 @@ func (r *Register) Granted() (<-chan struct{}, time.Time) {
 func (r *Register) Counts() Counts {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.countsLocked()
+}
+
+func (r *Register) countsLocked() Counts {
 	c := r.counts
 	c.Ends = make(map[string]int, len(r.counts.Ends))
 	for k, v := range r.counts.Ends {
@@ -291,7 +315,8 @@ func (r *Register) Counts() Counts {
 }
 
 // Overlap is two holds whose belief intervals intersect: Later began while Earlier's application
-// still believed it held the lock, for By.
+// still believed it held the lock. By is how long both are known to have believed it (zero when
+// that is one instant).
 type Overlap struct {
 	Earlier, Later string
 	By             time.Duration
@@ -329,9 +354,8 @@ func (r *Register) Report() Report {
 	for _, h := range r.holds {
 		holds = append(holds, *h)
 	}
-	bad := slices.Clone(r.badRequests)
+	rep := Report{Counts: r.countsLocked(), BadRequestErrors: slices.Clone(r.badRequests)}
 	r.mu.Unlock()
-	rep := Report{Counts: r.Counts(), BadRequestErrors: bad}
 	slices.SortFunc(holds, func(a, b hold) int {
 		return cmp.Or(a.begin.Compare(b.begin), cmp.Compare(a.token, b.token), cmp.Compare(a.id, b.id))
 	})
@@ -344,7 +368,11 @@ func (r *Register) Report() Report {
 	for i, h := range holds {
 		if i > 0 {
 			if h.begin.Before(reach) {
-				rep.Overlaps = append(rep.Overlaps, Overlap{Earlier: reachBy, Later: h.id, By: reach.Sub(h.begin)})
+				end := reach // the overlap ends when either belief does
+				if h.last.Before(end) {
+					end = h.last
+				}
+				rep.Overlaps = append(rep.Overlaps, Overlap{Earlier: reachBy, Later: h.id, By: end.Sub(h.begin)})
 			} else if gap := h.begin.Sub(reach); gap > rep.LongestGap {
 				rep.LongestGap, rep.LongestGapAfter = gap, reach
 			}

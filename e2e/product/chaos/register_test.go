@@ -80,13 +80,26 @@ func TestRegister(t *testing.T) {
 		name: "a hold that began while another application still believed it held is an overlap",
 		steps: []step{
 			begin("a/1/0", 5, 0, true),
-			begin("b/1/0", 7, 10, true),
+			begin("b/1/0", 7, 10, true), write("b/1/0", 7, 13, true),
 			write("a/1/0", 5, 15, false), // a believed it held at 15 ms: refused, but an overlap
 		},
 		wantFailed: true,
 		want: func(t *testing.T, rep chaos.Report) {
-			if len(rep.Overlaps) != 1 || rep.Overlaps[0] != (chaos.Overlap{Earlier: "a/1/0", Later: "b/1/0", By: 5 * time.Millisecond}) {
-				t.Errorf("overlaps: got %+v; want a/1/0 then b/1/0 by 5ms", rep.Overlaps)
+			if len(rep.Overlaps) != 1 || rep.Overlaps[0] != (chaos.Overlap{Earlier: "a/1/0", Later: "b/1/0", By: 3 * time.Millisecond}) {
+				t.Errorf("overlaps: got %+v; want a/1/0 then b/1/0 by 3ms (b's last claim at 13ms)", rep.Overlaps)
+			}
+		},
+	}, {
+		name: "a hold within another overlaps by its own length",
+		steps: []step{
+			begin("a/1/0", 5, 0, true),
+			begin("b/1/0", 7, 10, true), end("b/1/0", chaos.ReasonDone, 20),
+			write("a/1/0", 5, 100, false),
+		},
+		wantFailed: true,
+		want: func(t *testing.T, rep chaos.Report) {
+			if len(rep.Overlaps) != 1 || rep.Overlaps[0].By != 10*time.Millisecond {
+				t.Errorf("overlaps: got %+v; want one of 10ms", rep.Overlaps)
 			}
 		},
 	}, {
@@ -185,6 +198,12 @@ func TestRegisterBadRequests(t *testing.T) {
 		{"write of an unknown hold", func() error { _, err := c.Write(ctx, chaos.Write{Hold: "nope", Token: 1, At: at(1)}); return err }, "unknown hold"},
 		{"write with another token", func() error { _, err := c.Write(ctx, chaos.Write{Hold: "a/1/0", Token: 2, At: at(1)}); return err }, "has token 1"},
 		{"end with an unknown reason", func() error { return c.End(ctx, chaos.End{Hold: "a/1/0", Reason: "bored", At: at(1)}) }, "reason"},
+		{"end twice", func() error {
+			if err := c.End(ctx, chaos.End{Hold: "a/1/0", Reason: chaos.ReasonDone, At: at(2)}); err != nil {
+				return err
+			}
+			return c.End(ctx, chaos.End{Hold: "a/1/0", Reason: chaos.ReasonDone, At: at(3)})
+		}, "ended twice"},
 	} {
 		err := tc.call()
 		if err == nil || !strings.Contains(err.Error(), "HTTP 400") || !strings.Contains(err.Error(), tc.wantErr) {
@@ -199,10 +218,71 @@ func TestRegisterBadRequests(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("truncated JSON: got HTTP %d; want 400", resp.StatusCode)
 	}
-	if got, want := r.Report().BadRequests, 6; got != want {
+	if got, want := r.Report().BadRequests, 7; got != want {
 		t.Errorf("BadRequests: got %d; want %d", got, want)
 	}
 	if !r.Report().Failed() {
 		t.Errorf("Failed: got false; want true after bad requests")
+	}
+}
+
+// TestRegisterHolder: Holder, HeldAt and Granted follow the holds.
+func TestRegisterHolder(t *testing.T) {
+	r := chaos.NewRegister()
+	next, last := r.Granted()
+	if !last.IsZero() || r.Holder() != "" {
+		t.Fatalf("empty register: got last grant %s, holder %q; want zero and none", last, r.Holder())
+	}
+	if _, err := r.Begin(chaos.Begin{Hold: "a/1/0", Pod: "a", Token: 5, At: at(0)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-next:
+	default:
+		t.Errorf("Granted's channel was not closed by a Begin")
+	}
+	if _, last := r.Granted(); last.IsZero() {
+		t.Errorf("Granted: got a zero time after a Begin; want its arrival")
+	}
+	if _, err := r.Write(chaos.Write{Hold: "a/1/0", Token: 5, At: at(50)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		pod  string
+		at   int
+		want bool
+	}{{"a", -1, false}, {"a", 0, true}, {"a", 1000, true}, {"a", 1051, false}, {"b", 10, false}} {
+		if got := r.HeldAt(tc.pod, at(tc.at)); got != tc.want {
+			t.Errorf("HeldAt(%s, %dms) with a's hold open, last claimed at 50ms: got %v; want %v", tc.pod, tc.at, got, tc.want)
+		}
+	}
+	if got := r.Holder(); got != "a" {
+		t.Errorf("Holder: got %q; want a", got)
+	}
+	if err := r.End(chaos.End{Hold: "a/1/0", Reason: chaos.ReasonDone, At: at(60)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		at   int
+		want bool
+	}{{60, true}, {61, false}} {
+		if got := r.HeldAt("a", at(tc.at)); got != tc.want {
+			t.Errorf("HeldAt(a, %dms) after its End at 60ms: got %v; want %v", tc.at, got, tc.want)
+		}
+	}
+	if got := r.Holder(); got != "" {
+		t.Errorf("Holder after the End: got %q; want none", got)
+	}
+	// a's next hold, abandoned (its application was killed): held just after, not much later.
+	if _, err := r.Begin(chaos.Begin{Hold: "a/2/0", Pod: "a", Token: 6, At: at(5000)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		at   int
+		want bool
+	}{{4999, false}, {5001, true}, {6001, false}} {
+		if got := r.HeldAt("a", at(tc.at)); got != tc.want {
+			t.Errorf("HeldAt(a, %dms) with a hold begun at 5000ms and never ended: got %v; want %v", tc.at, got, tc.want)
+		}
 	}
 }

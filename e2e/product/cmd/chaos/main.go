@@ -77,13 +77,14 @@ func (c *contender) run(ctx context.Context) {
 			}
 			continue
 		}
-		reason := c.hold(ctx, fmt.Sprintf("%s/%s/%d", c.pod, c.proc, c.n))
+		id := fmt.Sprintf("%s/%s/%d", c.pod, c.proc, c.n)
+		reason := c.hold(ctx, id)
 		c.n++
 		if err := c.lock.Release(context.WithoutCancel(ctx)); err != nil && !errors.Is(err, sdk.ErrLost) {
 			log.Printf("chaos: release: %v", err)
 		}
 		if reason != chaos.ReasonDone || c.n%100 == 0 {
-			log.Printf("chaos: hold %d ended: %s", c.n, reason)
+			log.Printf("chaos: hold %s ended: %s", id, reason)
 		}
 	}
 }
