@@ -13,12 +13,11 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
 	"log"
-	"math/big"
+	"math/rand/v2"
 	"os"
 	"os/signal"
 	"syscall"
@@ -181,15 +180,7 @@ func jitter(d time.Duration) time.Duration {
 	if d <= 0 {
 		return 0
 	}
-	n, err := rand.Int(rand.Reader, big.NewInt(int64(d)))
-	if err != nil {
-		return d
-	}
-	return time.Duration(n.Int64())
+	return rand.N(d)
 }
 
-func randomID() string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return fmt.Sprintf("%x", b)
-}
+func randomID() string { return fmt.Sprintf("%08x", rand.Uint32()) }
