@@ -1,11 +1,18 @@
-// Package elector is the Metaparticle Sync side-car: named locks and leader elections for the
-// containers of one Pod, served over HTTP on loopback (docs/api.md) and backed by
-// coordination.k8s.io/v1 Lease objects in the Pod's namespace.
+// Package elector is the lock engine of the Metaparticle Sync side-car: named locks and leader
+// elections for the containers of one Pod, backed by coordination.k8s.io/v1 Lease objects in
+// the Pod's namespace.
 //
-// The package is layered: Engine holds all the logic and knows nothing of HTTP; NewHandler is
-// the lock API's transport (routing, limits, JSON, status codes); NewHealthHandler serves
-// /healthz, /readyz and /metrics; ParseSettings and Run are the elector command. The wire
-// package holds the contract shared with the SDKs.
+// Engine holds all the logic and knows nothing of HTTP; package elector/server puts it on the
+// wire (the lock API of docs/api.md, the original elector's protocol, health and metrics) and
+// runs it as the side-car command, through the Engine's exported methods only. Package wire is
+// the contract with the applications' clients; package internal/contract is what the side-car
+// shares with the injector and syncctl (timing rules, environment, Lease names and labels).
+//
+// The package is arranged by feature, one file each: engine.go (lifecycle and the Lease
+// informer), session.go (sessions and their event streams), lock.go, election.go, watch.go
+// (what is observed: state, watches, expiry), namestate.go (what the Engine keeps per name),
+// worker.go (the one goroutine per name that writes its Lease: plan, do, apply), lease.go (the
+// Lease objects written), leaseclient.go, metrics.go and config.go.
 //
 // # Sessions
 //

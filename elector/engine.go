@@ -2,8 +2,6 @@ package elector
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -11,6 +9,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/metaparticle-io/sync/internal/contract"
+	"github.com/metaparticle-io/sync/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,8 +20,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
-
-	"github.com/metaparticle-io/sync/wire"
 )
 
 // Options are the Engine's dependencies that are not configuration. The zero value is usable.
@@ -54,12 +52,9 @@ type Engine struct {
 	closing  atomic.Bool // set by Shutdown: no new work is accepted
 	started  atomic.Bool
 
-	ctx      context.Context // parent of every API call; cancelled by Halt
-	cancel   context.CancelFunc
-	halted   chan struct{} // closed by Halt
-	haltOnce sync.Once
-	running  atomic.Int64  // name workers running
-	idle     chan struct{} // capacity 1: signalled when running drops to zero
+	ctx          context.Context // parent of every API call and goroutine; cancelled by Halt
+	cancel       context.CancelFunc
+	workerExited chan struct{} // capacity 1: signalled when a name's worker exits
 
 	// Lock order: mu, then a nameState's mu, then smu or a session's mu. smu and a session's mu
 	// are never held while taking another lock.
@@ -76,10 +71,6 @@ type Engine struct {
 func NewEngineForConfig(cfg Config, rc *rest.Config, opts Options) (*Engine, error) {
 	if rc == nil {
 		return nil, errors.New("NewEngineForConfig: rest config is nil")
-	}
-	cfg = cfg.withDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("invalid side-car configuration: %w", err)
 	}
 	leases, err := NewLeaseClient(rc, cfg.Namespace)
 	if err != nil {
@@ -107,16 +98,15 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Engine{
-		cfg:      cfg,
-		leases:   leases,
-		clock:    opts.Clock,
-		log:      opts.Log.WithValues("pod", cfg.PodName, "namespace", cfg.Namespace),
-		ctx:      ctx,
-		cancel:   cancel,
-		halted:   make(chan struct{}),
-		idle:     make(chan struct{}, 1),
-		names:    map[string]*nameState{},
-		sessions: map[string]*session{},
+		cfg:          cfg,
+		leases:       leases,
+		clock:        opts.Clock,
+		log:          opts.Log.WithValues("pod", cfg.PodName, "namespace", cfg.Namespace),
+		ctx:          ctx,
+		cancel:       cancel,
+		workerExited: make(chan struct{}, 1),
+		names:        map[string]*nameState{},
+		sessions:     map[string]*session{},
 	}
 	if cfg.PodUID != "" {
 		e.log = e.log.WithValues("podUID", cfg.PodUID)
@@ -126,7 +116,7 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 	// The informer client-go's informer factory builds for Leases, but over leases: the Leases
 	// the side-car manages, no resync. A client that says it does not support streaming lists
 	// (the test adapter over client-go's fake clientset) is listed and watched the classic way.
-	selector := LabelManagedBy + "=" + ManagedByValue
+	selector := contract.LabelManagedBy + "=" + contract.ManagedByValue
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.LabelSelector = selector
@@ -164,6 +154,13 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 // Config returns the Engine's configuration, with defaults applied.
 func (e *Engine) Config() Config { return e.cfg }
 
+// Clock returns the Engine's clock (Options.Clock). Times the Engine reports, such as
+// Observation.ObservedAt, are on it.
+func (e *Engine) Clock() clock.WithTickerAndDelayedExecution { return e.clock }
+
+// Logger returns the Engine's logger, with the Pod's name and namespace.
+func (e *Engine) Logger() logr.Logger { return e.log }
+
 // Start runs the Lease informer and returns when its cache has synced, or with an error when
 // ctx ends or the Engine stops first. Until then every method that needs the Leases fails with
 // wire.CodeUnavailable. Start may be called once.
@@ -176,7 +173,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	go func() {
 		select {
 		case <-ctx.Done():
-		case <-e.halted:
+		case <-e.ctx.Done():
 		}
 		close(stop)
 	}()
@@ -194,6 +191,10 @@ func (e *Engine) Start(ctx context.Context) error {
 		"renewDeadline", e.cfg.RenewDeadline, "renewPeriod", e.cfg.RenewPeriod, "retryPeriod", e.cfg.RetryPeriod)
 	return nil
 }
+
+// shutdownNotice bounds how long Shutdown waits for event streams to tell their clients that
+// their sessions ended, before it releases their holds.
+const shutdownNotice = time.Second
 
 // Shutdown ends the Engine in order: it refuses new work (wire.CodeShuttingDown), ends every
 // session, which releases every hold, closes every watch, waits for the releases to be written
@@ -242,12 +243,12 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	}
 
 	var err error
-	for e.running.Load() > 0 && err == nil {
+	for e.workersRunning() && err == nil {
 		select {
-		case <-e.idle:
+		case <-e.workerExited:
 		case <-ctx.Done():
 			err = fmt.Errorf("releasing holds: %w", ctx.Err())
-		case <-e.halted:
+		case <-e.ctx.Done():
 			err = errors.New("halted while shutting down")
 		}
 	}
@@ -262,11 +263,8 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 // nothing is released, as if the process had died. Holds then expire after their lease
 // duration. Calls after Halt fail with wire.CodeShuttingDown. Halt is idempotent.
 func (e *Engine) Halt() {
-	e.haltOnce.Do(func() {
-		e.closing.Store(true)
-		close(e.halted)
-		e.cancel()
-	})
+	e.closing.Store(true)
+	e.cancel()
 }
 
 // Ready reports why the Engine cannot serve, or nil: it needs its informer synced and the API
@@ -274,15 +272,15 @@ func (e *Engine) Halt() {
 // for the informer, so a missing RBAC grant shows here with a clear message).
 func (e *Engine) Ready(ctx context.Context) error {
 	if e.closing.Load() {
-		return errorf(wire.CodeShuttingDown, "the side-car is shutting down")
+		return wire.Errorf(wire.CodeShuttingDown, "the side-car is shutting down")
 	}
 	if !e.synced.Load() {
 		if err := e.readyErr(); err != nil {
-			return errorf(wire.CodeUnavailable, "the Lease informer has not synced: %v", err)
+			return wire.Errorf(wire.CodeUnavailable, "the Lease informer has not synced: %v", err)
 		}
-		return errorf(wire.CodeUnavailable, "the Lease informer has not synced yet")
+		return wire.Errorf(wire.CodeUnavailable, "the Lease informer has not synced yet")
 	}
-	_, err := e.leases.List(ctx, metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue, Limit: 1})
+	_, err := e.leases.List(ctx, metav1.ListOptions{LabelSelector: contract.LabelManagedBy + "=" + contract.ManagedByValue, Limit: 1})
 	if err != nil {
 		return e.apiErr("list", err)
 	}
@@ -303,20 +301,20 @@ func (e *Engine) readyErr() error {
 // apiErr turns an API error into a *wire.Error with advice.
 func (e *Engine) apiErr(verb string, err error) error {
 	if apierrors.IsForbidden(err) {
-		return errorf(wire.CodeForbidden,
+		return wire.Errorf(wire.CodeForbidden,
 			"RBAC forbids %s of leases.coordination.k8s.io in namespace %s for this Pod's service account: bind the Role of deploy/rbac/sidecar-role.yaml (%v)",
 			verb, e.cfg.Namespace, err)
 	}
-	return errorf(wire.CodeUnavailable, "the API server did not answer a %s of leases: %v", verb, err)
+	return wire.Errorf(wire.CodeUnavailable, "the API server did not answer a %s of leases: %v", verb, err)
 }
 
 // accepting reports whether new work is accepted.
 func (e *Engine) accepting() error {
 	if e.closing.Load() {
-		return errorf(wire.CodeShuttingDown, "the side-car is shutting down")
+		return wire.Errorf(wire.CodeShuttingDown, "the side-car is shutting down")
 	}
 	if !e.synced.Load() {
-		return errorf(wire.CodeUnavailable, "the side-car is not ready: its Lease informer has not synced (see /readyz)")
+		return wire.Errorf(wire.CodeUnavailable, "the side-car is not ready: its Lease informer has not synced (see /readyz)")
 	}
 	return nil
 }
@@ -330,7 +328,7 @@ func (e *Engine) onLease(obj any, deleted bool) {
 	if !ok {
 		return
 	}
-	kind := wire.Kind(l.Labels[LabelKind])
+	kind := wire.Kind(l.Labels[contract.LabelKind])
 	if kind != wire.KindLock && kind != wire.KindElection {
 		return
 	}
@@ -364,7 +362,7 @@ func (e *Engine) onLease(obj any, deleted bool) {
 // lockName returns the state of the lock or election name with its mu held, creating it if
 // needed. It fails when the name's Lease belongs to another name (a hash collision).
 func (e *Engine) lockName(kind wire.Kind, name string) (*nameState, error) {
-	lease := LeaseName(kind, name)
+	lease := contract.LeaseName(kind, name)
 	for {
 		e.mu.Lock()
 		n := e.names[lease]
@@ -393,7 +391,7 @@ func (e *Engine) lockName(kind wire.Kind, name string) (*nameState, error) {
 // peekName returns the state of an existing name with its mu held, or nil.
 func (e *Engine) peekName(kind wire.Kind, name string) (*nameState, error) {
 	e.mu.Lock()
-	n := e.names[LeaseName(kind, name)]
+	n := e.names[contract.LeaseName(kind, name)]
 	e.mu.Unlock()
 	if n == nil {
 		return nil, nil
@@ -436,454 +434,24 @@ func (e *Engine) allNames() []*nameState {
 	return ns
 }
 
-// workerStarted and workerDone count name workers, for Shutdown.
-func (e *Engine) workerStarted() { e.running.Add(1) }
-
-func (e *Engine) workerDone() {
-	if e.running.Add(-1) == 0 {
-		signal(e.idle)
-	}
-}
-
-type engineSnapshot struct {
-	holds, waiting map[wire.Kind]int
-	sessions       int
-}
-
-// snapshot counts holds, waiters and sessions for the metrics.
-func (e *Engine) snapshot() engineSnapshot {
-	s := engineSnapshot{holds: map[wire.Kind]int{}, waiting: map[wire.Kind]int{}}
+// workersRunning reports whether any name has a running worker; Shutdown waits for none.
+func (e *Engine) workersRunning() bool {
 	for _, n := range e.allNames() {
 		n.mu.Lock()
-		if n.hold != nil && !n.hold.release {
-			s.holds[n.kind]++
-		}
-		for _, c := range n.queue {
-			if n.hold == nil || n.hold.c != c {
-				s.waiting[n.kind]++
-			}
-		}
+		running := n.running
 		n.mu.Unlock()
-	}
-	e.smu.Lock()
-	s.sessions = len(e.sessions)
-	e.smu.Unlock()
-	return s
-}
-
-// ---- Sessions ----
-
-// OpenSession opens a session for a client. See wire.OpenSessionRequest.
-func (e *Engine) OpenSession(req wire.OpenSessionRequest) (wire.Session, error) {
-	ttl := wire.DefaultSessionTTL
-	if req.TTLMillis != 0 {
-		ttl = time.Duration(req.TTLMillis) * time.Millisecond
-		if req.TTLMillis < wire.MinSessionTTL.Milliseconds() || req.TTLMillis > wire.MaxSessionTTL.Milliseconds() {
-			return wire.Session{}, errorf(wire.CodeInvalidTimeout, "ttlMillis %d is out of range: use 0 for the default (%d) or a value within [%d, %d]",
-				req.TTLMillis, wire.DefaultSessionTTL.Milliseconds(), wire.MinSessionTTL.Milliseconds(), wire.MaxSessionTTL.Milliseconds())
+		if running {
+			return true
 		}
 	}
-	if err := e.accepting(); err != nil {
-		return wire.Session{}, err
-	}
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return wire.Session{}, errorf(wire.CodeInternal, "generating a session ID: %v", err)
-	}
-	id := hex.EncodeToString(b[:])
-	s := &session{
-		id:        id,
-		holder:    e.cfg.PodName + "/" + id,
-		client:    req.Client,
-		ttl:       ttl,
-		notify:    make(chan struct{}, 1),
-		done:      make(chan struct{}),
-		flushed:   make(chan struct{}),
-		interests: map[*nameState]bool{},
-	}
-	e.smu.Lock()
-	if e.closing.Load() {
-		e.smu.Unlock()
-		return wire.Session{}, errorf(wire.CodeShuttingDown, "the side-car is shutting down")
-	}
-	e.sessions[id] = s
-	e.smu.Unlock()
-	s.mu.Lock()
-	s.expiry = e.clock.AfterFunc(ttl, e.expireFunc(s, 0))
-	s.mu.Unlock()
-	e.log.Info("session opened", "session", id, "holder", s.holder, "client", req.Client, "ttl", ttl)
-	return wire.Session{ID: id, Holder: s.holder, TTLMillis: ttl.Milliseconds()}, nil
+	return false
 }
 
-// expireFunc returns the keep-alive timer function of generation gen of s. It ends the session
-// in a goroutine of its own: fake clocks run timer functions while holding their lock, and
-// ending a session stops its timer.
-func (e *Engine) expireFunc(s *session, gen uint64) func() {
-	return func() {
-		go func() {
-			s.mu.Lock()
-			stale := s.gen != gen
-			s.mu.Unlock()
-			if !stale {
-				e.endSession(s, fmt.Sprintf("no keep-alive within its TTL of %s", s.ttl), wire.CodeNoSession)
-			}
-		}()
-	}
-}
-
-// session returns the open session id.
-func (e *Engine) session(id string) (*session, error) {
-	e.smu.Lock()
-	s := e.sessions[id]
-	e.smu.Unlock()
-	if s == nil {
-		if e.closing.Load() {
-			return nil, errorf(wire.CodeShuttingDown, "the side-car is shutting down")
-		}
-		return nil, errorf(wire.CodeNoSession, "no session %q: it was never opened, or it ended (closed, its event stream closed, or no keep-alive within its TTL)", id)
-	}
-	return s, nil
-}
-
-// KeepAlive extends session id's life by its TTL.
-func (e *Engine) KeepAlive(id string) error {
-	s, err := e.session(id)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	if s.ended {
-		s.mu.Unlock()
-		return s.endErr()
-	}
-	s.gen++
-	s.expiry.Stop()
-	s.expiry = e.clock.AfterFunc(s.ttl, e.expireFunc(s, s.gen))
-	s.mu.Unlock()
-	return nil
-}
-
-// CloseSession ends session id, releasing all its holds.
-func (e *Engine) CloseSession(id string) error {
-	s, err := e.session(id)
-	if err != nil {
-		return err
-	}
-	e.endSession(s, "closed by the client", wire.CodeNoSession)
-	return nil
-}
-
-// StreamEvents writes session id's events with emit: wire.EventReady first, then lost, elected,
-// deposed and ping events, and wire.EventClosed last if the session ends. It returns when the
-// session ends, when emit fails, or when ctx ends; in the last two cases it ends the session,
-// because a client that stops reading its stream is taken for dead. A session has at most one
-// stream at a time (wire.CodeAlreadyHeld otherwise).
-func (e *Engine) StreamEvents(ctx context.Context, id string, emit func(wire.Event) error) error {
-	s, err := e.session(id)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	if s.ended {
-		s.mu.Unlock()
-		return s.endErr()
-	}
-	if s.streaming {
-		s.mu.Unlock()
-		return errorf(wire.CodeAlreadyHeld, "session %s already has an event stream; a session has at most one", id)
-	}
-	s.streaming = true
-	s.mu.Unlock()
-	return e.stream(ctx, s, emit)
-}
-
-// shutdownNotice bounds how long Shutdown waits for event streams to tell their clients that
-// their sessions ended, before it releases their holds.
-const shutdownNotice = time.Second
+// Done returns a channel that is closed when the Engine has stopped (Halt, or the end of
+// Shutdown). After that every method fails with wire.CodeShuttingDown.
+func (e *Engine) Done() <-chan struct{} { return e.ctx.Done() }
 
 type endedSession struct {
 	s     *session
 	names []*nameState
-}
-
-// endSession ends s for reason: its waits fail with code, its candidacies end and its holds are
-// released. Idempotent.
-func (e *Engine) endSession(s *session, reason string, code wire.ErrorCode) {
-	if names, ok := e.closeSession(s, reason, code); ok {
-		e.releaseSession(s, names)
-	}
-}
-
-// closeSession marks s ended and queues EventClosed; it returns the names where s has interests,
-// and false when s had ended already. releaseSession must follow.
-func (e *Engine) closeSession(s *session, reason string, code wire.ErrorCode) ([]*nameState, bool) {
-	s.mu.Lock()
-	if s.ended {
-		s.mu.Unlock()
-		return nil, false
-	}
-	s.ended = true
-	s.endReason = reason
-	s.endCode = code
-	if s.expiry != nil {
-		s.expiry.Stop()
-	}
-	names := make([]*nameState, 0, len(s.interests))
-	for n := range s.interests {
-		names = append(names, n)
-	}
-	s.interests = nil
-	s.events = append(s.events, wire.Event{Type: wire.EventClosed, Reason: reason})
-	close(s.done)
-	signal(s.notify)
-	s.mu.Unlock()
-
-	e.smu.Lock()
-	delete(e.sessions, s.id)
-	e.smu.Unlock()
-	e.log.Info("session ended", "session", s.id, "reason", reason)
-	return names, true
-}
-
-// releaseSession fails the waits of the ended session s and releases its holds in names.
-func (e *Engine) releaseSession(s *session, names []*nameState) {
-	for _, n := range names {
-		n.sessionEnded(s)
-	}
-}
-
-// ---- Locks ----
-
-// Acquire takes lock name for session id. See wire.AcquireRequest: with Try it makes one
-// attempt; otherwise it waits, in FIFO order among this side-car's waiters, until the lock is
-// held, TimeoutMillis passes (wire.CodeNotAcquired) or ctx ends (the client went away; a grant
-// that races with it is released).
-func (e *Engine) Acquire(ctx context.Context, id, name string, req wire.AcquireRequest) (wire.Grant, error) {
-	if err := checkAcquire(name, req); err != nil {
-		return wire.Grant{}, err
-	}
-	s, err := e.session(id)
-	if err != nil {
-		return wire.Grant{}, err
-	}
-	if err := e.accepting(); err != nil {
-		return wire.Grant{}, err
-	}
-	n, err := e.lockName(wire.KindLock, name)
-	if err != nil {
-		return wire.Grant{}, err
-	}
-	c, err := n.enqueueLock(s, req.Try, e.clock.Now())
-	n.mu.Unlock()
-	if err != nil {
-		return wire.Grant{}, err
-	}
-
-	var timeout <-chan time.Time
-	if req.TimeoutMillis > 0 {
-		t := e.clock.NewTimer(time.Duration(req.TimeoutMillis) * time.Millisecond)
-		defer t.Stop()
-		timeout = t.C()
-	}
-	select {
-	case r := <-c.reply:
-		return r.grant, r.err
-	case <-timeout:
-		return n.withdraw(c, "timeout", false)
-	case <-ctx.Done():
-		return n.withdraw(c, "cancelled", true)
-	case <-e.halted:
-		return wire.Grant{}, errorf(wire.CodeShuttingDown, "the side-car stopped")
-	}
-}
-
-// checkAcquire validates an acquire request.
-func checkAcquire(name string, req wire.AcquireRequest) error {
-	if err := wire.ValidateName(name); err != nil {
-		return errorf(wire.CodeInvalidName, "invalid lock name: %v", err)
-	}
-	return checkAcquireRequest(req)
-}
-
-// checkAcquireRequest validates the body of an acquire request.
-func checkAcquireRequest(req wire.AcquireRequest) error {
-	switch {
-	case req.TimeoutMillis < 0:
-		return errorf(wire.CodeInvalidTimeout, "timeoutMillis %d is negative: use 0 to wait without a bound", req.TimeoutMillis)
-	case req.TimeoutMillis > wire.MaxTimeout.Milliseconds():
-		return errorf(wire.CodeInvalidTimeout, "timeoutMillis %d exceeds the maximum %d (%s)", req.TimeoutMillis, wire.MaxTimeout.Milliseconds(), wire.MaxTimeout)
-	case req.Try && req.TimeoutMillis != 0:
-		return errorf(wire.CodeInvalidTimeout, "timeoutMillis must be 0 when try is true: a try does not wait")
-	}
-	return nil
-}
-
-// Release releases lock name held by session id, clearing the Lease's holder so that the next
-// waiter anywhere takes it at once. It returns when the Lease has been written (or the write
-// has been given up; the Lease then expires by itself).
-func (e *Engine) Release(ctx context.Context, id, name string) error {
-	return e.holdOp(ctx, wire.KindLock, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
-		return n.releaseLock(s, now)
-	})
-}
-
-func waitDone(ctx context.Context, done <-chan struct{}, halted <-chan struct{}) error {
-	select {
-	case <-done:
-	case <-ctx.Done():
-	case <-halted:
-	}
-	return nil
-}
-
-// ---- Elections ----
-
-// Join makes session id a candidate in election name and returns the election's state. It
-// returns at once; leadership is reported on the session's event stream. Joining twice is
-// harmless.
-func (e *Engine) Join(id, name string) (wire.ElectionState, error) {
-	if err := wire.ValidateName(name); err != nil {
-		return wire.ElectionState{}, errorf(wire.CodeInvalidName, "invalid election name: %v", err)
-	}
-	s, err := e.session(id)
-	if err != nil {
-		return wire.ElectionState{}, err
-	}
-	if err := e.accepting(); err != nil {
-		return wire.ElectionState{}, err
-	}
-	n, err := e.lockName(wire.KindElection, name)
-	if err != nil {
-		return wire.ElectionState{}, err
-	}
-	defer n.mu.Unlock()
-	now := e.clock.Now()
-	if err := n.join(s, now); err != nil {
-		return wire.ElectionState{}, err
-	}
-	return n.state(now), nil
-}
-
-// Leave ends session id's candidacy in election name, releasing leadership if it leads.
-func (e *Engine) Leave(ctx context.Context, id, name string) error {
-	return e.holdOp(ctx, wire.KindElection, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
-		return n.leave(s, now)
-	})
-}
-
-// Resign gives up session id's leadership of election name; it stays a candidate, but does not
-// contend again for RetryPeriod, so that another candidate takes over.
-func (e *Engine) Resign(ctx context.Context, id, name string) error {
-	return e.holdOp(ctx, wire.KindElection, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
-		return n.resign(s, now)
-	})
-}
-
-// holdOp runs op, which gives up something session id has in lock or election name, and waits
-// until its write is done (or given up), ctx ends or the Engine halts.
-func (e *Engine) holdOp(ctx context.Context, kind wire.Kind, id, name string, op func(*nameState, *session, time.Time) (<-chan struct{}, error)) error {
-	if err := wire.ValidateName(name); err != nil {
-		return errorf(wire.CodeInvalidName, "invalid %s name: %v", kind, err)
-	}
-	s, err := e.session(id)
-	if err != nil {
-		return err
-	}
-	n, err := e.peekName(kind, name)
-	if err != nil {
-		return err
-	}
-	if n == nil {
-		if kind == wire.KindLock {
-			return errorf(wire.CodeNotHeld, "session %s does not hold lock %q", id, name)
-		}
-		return errorf(wire.CodeNotHeld, "session %s is not a candidate in election %q", id, name)
-	}
-	done, err := op(n, s, e.clock.Now())
-	n.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return waitDone(ctx, done, e.halted)
-}
-
-// ---- Reading ----
-
-// State returns the state of lock or election name as this side-car observes it.
-func (e *Engine) State(kind wire.Kind, name string) (wire.LockState, error) {
-	if err := wire.ValidateName(name); err != nil {
-		return wire.LockState{}, errorf(wire.CodeInvalidName, "invalid %s name: %v", kind, err)
-	}
-	if !e.synced.Load() {
-		return wire.LockState{}, e.accepting()
-	}
-	n, err := e.peekName(kind, name)
-	if err != nil {
-		return wire.LockState{}, err
-	}
-	if n == nil {
-		return wire.LockState{Name: name, Lease: LeaseName(kind, name)}, nil
-	}
-	defer n.mu.Unlock()
-	st := n.state(e.clock.Now())
-	st.Name = name
-	return st, nil
-}
-
-// Watch writes the state of lock or election name with emit: the current state first, then
-// one state per change of holder, held flag or token, in the order this side-car observed them.
-// Changes that happen while its watch of the API server is interrupted may be coalesced. It
-// returns when ctx ends, emit fails, or the Engine shuts down.
-func (e *Engine) Watch(ctx context.Context, kind wire.Kind, name string, emit func(wire.LockState) error) error {
-	if err := wire.ValidateName(name); err != nil {
-		return errorf(wire.CodeInvalidName, "invalid %s name: %v", kind, err)
-	}
-	if err := e.accepting(); err != nil {
-		return err
-	}
-	n, err := e.lockName(kind, name)
-	if err != nil {
-		return err
-	}
-	if e.closing.Load() {
-		n.mu.Unlock()
-		return errorf(wire.CodeShuttingDown, "the side-car is shutting down")
-	}
-	w := &watcher{notify: make(chan struct{}, 1)}
-	n.watchers[w] = struct{}{}
-	n.publish(e.clock.Now())
-	n.wake()
-	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		delete(n.watchers, w)
-		n.poke()
-		idle := !n.interested() && !n.running
-		n.mu.Unlock()
-		if idle {
-			e.maybeRemove(n)
-		}
-	}()
-	for {
-		n.mu.Lock()
-		states, closed := w.queue, w.closed
-		w.queue = nil
-		n.mu.Unlock()
-		for _, st := range states {
-			st.Name = name
-			if err := emit(st); err != nil {
-				return err
-			}
-		}
-		if closed != "" {
-			return errorf(wire.CodeShuttingDown, "%s", closed)
-		}
-		select {
-		case <-w.notify:
-		case <-ctx.Done():
-			return nil
-		case <-e.halted:
-			return errorf(wire.CodeShuttingDown, "the side-car stopped")
-		}
-	}
 }

@@ -8,6 +8,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -39,7 +40,7 @@ func tokenOf(l *coordinationv1.Lease) string {
 	if l == nil {
 		return ""
 	}
-	return l.Annotations[AnnotationToken]
+	return l.Annotations[contract.AnnotationToken]
 }
 
 // durationOf returns spec.leaseDurationSeconds, or def when it is unset or not positive.
@@ -58,9 +59,9 @@ func newLease(namespace, leaseName string, kind wire.Kind, name, holder string, 
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      leaseName,
 			Namespace: namespace,
-			Labels:    map[string]string{LabelManagedBy: ManagedByValue, LabelKind: string(kind)},
+			Labels:    map[string]string{contract.LabelManagedBy: contract.ManagedByValue, contract.LabelKind: string(kind)},
 			Annotations: map[string]string{
-				AnnotationName: name,
+				contract.AnnotationName: name,
 			},
 		},
 	}
@@ -80,7 +81,7 @@ func takeLease(base *coordinationv1.Lease, kind wire.Kind, name, holder string, 
 		transitions = *l.Spec.LeaseTransitions
 	}
 	l.Spec.LeaseTransitions = ptr(transitions + 1)
-	l.Annotations[AnnotationToken] = strconv.FormatUint(token, 10)
+	l.Annotations[contract.AnnotationToken] = strconv.FormatUint(token, 10)
 	return l
 }
 
@@ -89,7 +90,7 @@ func stampToken(created *coordinationv1.Lease, token uint64) *coordinationv1.Lea
 	if created.Annotations == nil {
 		created.Annotations = map[string]string{}
 	}
-	created.Annotations[AnnotationToken] = strconv.FormatUint(token, 10)
+	created.Annotations[contract.AnnotationToken] = strconv.FormatUint(token, 10)
 	return created
 }
 
@@ -120,12 +121,14 @@ func ensureMeta(l *coordinationv1.Lease, kind wire.Kind, name string) {
 	if l.Labels == nil {
 		l.Labels = map[string]string{}
 	}
-	l.Labels[LabelManagedBy] = ManagedByValue
-	l.Labels[LabelKind] = string(kind)
+	l.Labels[contract.LabelManagedBy] = contract.ManagedByValue
+	l.Labels[contract.LabelKind] = string(kind)
 	if l.Annotations == nil {
 		l.Annotations = map[string]string{}
 	}
-	l.Annotations[AnnotationName] = name
+	l.Annotations[contract.AnnotationName] = name
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func formatToken(t uint64) string { return strconv.FormatUint(t, 10) }

@@ -19,7 +19,9 @@ import (
 // verbs the side-car's Role grants (deploy/rbac/sidecar-role.yaml): create, update, list and
 // watch. client-go's typed LeaseInterface satisfies it, and so does NewLeaseClient's REST client,
 // which the side-car uses so as not to link and initialise every built-in API type of client-go's
-// clientset (see docs/benchmarks.md, section 5).
+// clientset (see docs/benchmarks.md, section 5). The Engine calls it from many goroutines at
+// once (its informer and every name's worker), so an implementation must be safe for
+// concurrent use.
 type LeaseClient interface {
 	Create(ctx context.Context, lease *coordinationv1.Lease, opts metav1.CreateOptions) (*coordinationv1.Lease, error)
 	Update(ctx context.Context, lease *coordinationv1.Lease, opts metav1.UpdateOptions) (*coordinationv1.Lease, error)

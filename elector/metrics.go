@@ -88,3 +88,29 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(s.sessions))
 }
+
+type engineSnapshot struct {
+	holds, waiting map[wire.Kind]int
+	sessions       int
+}
+
+// snapshot counts holds, waiters and sessions for the metrics.
+func (e *Engine) snapshot() engineSnapshot {
+	s := engineSnapshot{holds: map[wire.Kind]int{}, waiting: map[wire.Kind]int{}}
+	for _, n := range e.allNames() {
+		n.mu.Lock()
+		if n.hold != nil && !n.hold.release {
+			s.holds[n.kind]++
+		}
+		for _, c := range n.queue {
+			if n.hold == nil || n.hold.c != c {
+				s.waiting[n.kind]++
+			}
+		}
+		n.mu.Unlock()
+	}
+	e.smu.Lock()
+	s.sessions = len(e.sessions)
+	e.smu.Unlock()
+	return s
+}

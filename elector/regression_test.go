@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -18,127 +21,144 @@ import (
 // A release asked for while a renewal is in flight is written as soon as the renewal returns,
 // not a renew period later.
 func TestReleaseDuringRenewIsNotPostponed(t *testing.T) {
-	b := newBed(t, "pod-a", nil, nil)
-	s := b.open()
-	g := b.mustAcquire(s.ID, "x")
-	entered, unblock := make(chan struct{}), make(chan struct{})
-	armed := true
-	b.api.hook(func(verb string, l *coordinationv1.Lease) error {
-		if armed && verb == "update" && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
-			armed = false
-			close(entered)
-			<-unblock
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		s := b.open()
+		g := b.mustAcquire(s.ID, "x")
+		entered, unblock := make(chan struct{}), make(chan struct{})
+		finishRenewal := sync.OnceFunc(func() { close(unblock) })
+		defer finishRenewal() // if the test fails first: a worker blocked for ever would deadlock the bubble
+		armed := true
+		b.api.Hook(func(verb string, l *coordinationv1.Lease) error {
+			if armed && verb == "update" && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
+				armed = false
+				close(entered)
+				<-unblock
+			}
+			return nil
+		})
+		b.step(contract.DefaultRenewPeriod) // the renewal starts and blocks in the hook
+		select {
+		case <-entered:
+		default:
+			t.Fatalf("got no renewal after a renew period; want one in flight")
 		}
-		return nil
+		done := make(chan error, 1)
+		go func() { done <- b.e.Release(context.Background(), s.ID, "x") }()
+		// Release registers while the renewal is in flight, and parks waiting for its write.
+		settled(t, "release requested during the renewal", func() bool { return b.releasing(wire.KindLock, "x") }, true)
+		quiet(t, done, "Release while the renewal is in flight")
+		finishRenewal()
+		b.settle() // the clock does not move
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("release: got %v; want nil", err)
+			}
+		default:
+			t.Fatalf("got no release without moving the clock; want it written right after the renewal")
+		}
+		if h := holderOfStored(b.api, g.Lease); h != "" {
+			t.Errorf("got holder %q after release; want none", h)
+		}
 	})
-	b.step(DefaultRenewPeriod) // the renewal starts and blocks
-	<-entered
-	done := make(chan error, 1)
-	go func() { done <- b.e.Release(context.Background(), s.ID, "x") }()
-	time.Sleep(50 * time.Millisecond) // let Release register while the renewal is in flight
-	close(unblock)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("release: got %v; want nil", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("got no release without moving the clock; want it written right after the renewal")
-	}
-	if h := holderOfStored(b.api, g.Lease); h != "" {
-		t.Errorf("got holder %q after release; want none", h)
-	}
 }
 
 // After a session of this side-car loses a lock at its renew deadline, another session of the
 // same side-car is not granted it before the lease duration has passed, exactly like a session in
 // another Pod: the loser's notice stays ahead of the new grant.
 func TestLocalWaiterWaitsOutLeaseAfterLoss(t *testing.T) {
-	b := newBed(t, "pod-a", nil, nil)
-	a := b.open()
-	evs := b.events(a.ID)
-	g := b.mustAcquire(a.ID, "x")
-	other := b.open()
-	ch := b.acquire(other.ID, "x", wire.AcquireRequest{})
-	b.settle()
-	restore := b.api.failUpdates(g.Lease, apierrors.NewInternalError(errors.New("etcd slow")))
-	b.step(DefaultRenewPeriod)
-	for i := 0; i < 4; i++ {
-		b.step(DefaultRetryPeriod)
-	}
-	restore()
-	b.step(DefaultRenewDeadline - DefaultRenewPeriod - 4*DefaultRetryPeriod) // A's renew deadline
-	if ev := next(t, evs); ev.Type != wire.EventLost {
-		t.Fatalf("got event %s; want %s", ev.Type, wire.EventLost)
-	}
-	b.settle()
-	select {
-	case o := <-ch:
-		t.Fatalf("got a grant (token %s, err %v) at the loser's renew deadline; want none before the lease duration", o.g.Token, o.err)
-	default:
-	}
-	b.step(DefaultLeaseDuration)
-	o := <-ch
-	if o.err != nil {
-		t.Fatalf("got %v after the lease duration; want a grant", o.err)
-	}
-	if before, after := mustToken(t, g.Token), mustToken(t, o.g.Token); after <= before {
-		t.Errorf("got token %s after %s; want a greater one", o.g.Token, g.Token)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		a := b.open()
+		evs := b.events(a.ID)
+		g := b.mustAcquire(a.ID, "x")
+		other := b.open()
+		ch := b.acquire(other.ID, "x", wire.AcquireRequest{})
+		settled(t, "waiters of x", func() int { return b.waiting(wire.KindLock, "x") }, 1)
+		restore := b.api.FailUpdates(g.Lease, apierrors.NewInternalError(errors.New("etcd slow")))
+		b.step(contract.DefaultRenewPeriod)
+		for i := 0; i < 4; i++ {
+			b.step(contract.DefaultRetryPeriod)
+		}
+		restore()
+		b.step(contract.DefaultRenewDeadline - contract.DefaultRenewPeriod - 4*contract.DefaultRetryPeriod) // A's renew deadline
+		if ev := next(t, evs); ev.Type != wire.EventLost {
+			t.Fatalf("got event %s; want %s", ev.Type, wire.EventLost)
+		}
+		b.settle()
+		select {
+		case o := <-ch:
+			t.Fatalf("got a grant (token %s, err %v) at the loser's renew deadline; want none before the lease duration", o.g.Token, o.err)
+		default:
+		}
+		b.step(contract.DefaultLeaseDuration)
+		o := wait(t, ch)
+		if o.err != nil {
+			t.Fatalf("got %v after the lease duration; want a grant", o.err)
+		}
+		if before, after := mustToken(t, g.Token), mustToken(t, o.g.Token); after <= before {
+			t.Errorf("got token %s after %s; want a greater one", o.g.Token, g.Token)
+		}
+	})
 }
 
 func mustToken(t *testing.T, s string) uint64 {
 	t.Helper()
 	v, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
-		t.Fatalf("token %q: %v", s, err)
+		t.Fatalf("got token %q; want a uint64 (%v)", s, err)
 	}
 	return v
 }
 
 func TestHugeSessionTTLRefused(t *testing.T) {
-	b := newBed(t, "pod-a", nil, nil)
-	for _, ms := range []int64{288230376151721504, 1 << 62, -1, 999} {
-		_, err := b.e.OpenSession(wire.OpenSessionRequest{TTLMillis: ms})
-		var werr *wire.Error
-		if !errors.As(err, &werr) || werr.Code != wire.CodeInvalidTimeout {
-			t.Errorf("ttlMillis %d: got %v; want %s", ms, err, wire.CodeInvalidTimeout)
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		for _, ms := range []int64{288230376151721504, 1 << 62, -1, 999} {
+			_, err := b.e.OpenSession(wire.OpenSessionRequest{TTLMillis: ms})
+			var werr *wire.Error
+			if !errors.As(err, &werr) || werr.Code != wire.CodeInvalidTimeout {
+				t.Errorf("ttlMillis %d: got %v; want %s", ms, err, wire.CodeInvalidTimeout)
+			}
 		}
-	}
+	})
 }
 
 // On shutdown a streaming client is told its session ended before its holds are released, so the
 // application hears it before another Pod can take the lock.
 func TestShutdownTellsClientsBeforeReleasing(t *testing.T) {
-	b := newBed(t, "pod-a", nil, nil)
-	s := b.open()
-	evs := b.events(s.ID)
-	g := b.mustAcquire(s.ID, "x")
-	toldFirst := make(chan bool, 1)
-	b.api.hook(func(verb string, l *coordinationv1.Lease) error {
-		if verb == "update" && l.Name == g.Lease && holderOf(l) == "" {
-			told := false
-			for len(evs) > 0 {
-				told = told || (<-evs).Type == wire.EventClosed
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		s := b.open()
+		evs := b.events(s.ID)
+		g := b.mustAcquire(s.ID, "x")
+		toldFirst := make(chan bool, 1)
+		b.api.Hook(func(verb string, l *coordinationv1.Lease) error {
+			if verb == "update" && l.Name == g.Lease && holderOf(l) == "" {
+				told := false
+				for len(evs) > 0 {
+					told = told || (<-evs).Type == wire.EventClosed
+				}
+				select {
+				case toldFirst <- told:
+				default:
+				}
 			}
-			select {
-			case toldFirst <- told:
-			default:
-			}
+			return nil
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := b.e.Shutdown(ctx); err != nil {
+			t.Fatalf("Shutdown: got %v; want nil", err)
 		}
-		return nil
+		select {
+		case told := <-toldFirst:
+			if !told {
+				t.Errorf("got the release written before the client's closed event; want the event first")
+			}
+		default:
+			t.Fatalf("got no release write on shutdown; want one")
+		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := b.e.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown: %v", err)
-	}
-	select {
-	case told := <-toldFirst:
-		if !told {
-			t.Errorf("got the release written before the client's closed event; want the event first")
-		}
-	default:
-		t.Fatalf("got no release write on shutdown")
-	}
 }

@@ -2,12 +2,15 @@ package elector
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"slices"
 	"sync"
 	"time"
 
-	"k8s.io/utils/clock"
-
 	"github.com/metaparticle-io/sync/wire"
+	"k8s.io/utils/clock"
 )
 
 // maxQueuedEvents bounds the events queued for a session whose client does not read its event
@@ -24,7 +27,6 @@ type session struct {
 	ttl    time.Duration
 
 	notify  chan struct{} // capacity 1: signalled when events are queued or the session ends
-	done    chan struct{} // closed when the session ends
 	flushed chan struct{} // closed once the event stream has written EventClosed
 
 	mu        sync.Mutex          // protects the fields below
@@ -38,57 +40,129 @@ type session struct {
 	interests map[*nameState]bool // names where it holds, waits or stands
 }
 
-// addInterest records that s waits, holds or stands in n. It reports false when s has ended, in
-// which case the caller must not register anything for s.
-func (s *session) addInterest(n *nameState) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ended {
-		return false
-	}
-	s.interests[n] = true
-	return true
-}
+// ---- Sessions ----
 
-// dropInterest forgets n.
-func (s *session) dropInterest(n *nameState) {
+// OpenSession opens a session for a client. See wire.OpenSessionRequest.
+func (e *Engine) OpenSession(req wire.OpenSessionRequest) (wire.Session, error) {
+	ttl := wire.DefaultSessionTTL
+	if req.TTLMillis != 0 {
+		ttl = time.Duration(req.TTLMillis) * time.Millisecond
+		if req.TTLMillis < wire.MinSessionTTL.Milliseconds() || req.TTLMillis > wire.MaxSessionTTL.Milliseconds() {
+			return wire.Session{}, wire.Errorf(wire.CodeInvalidTimeout, "ttlMillis %d is out of range: use 0 for the default (%d) or a value within [%d, %d]",
+				req.TTLMillis, wire.DefaultSessionTTL.Milliseconds(), wire.MinSessionTTL.Milliseconds(), wire.MaxSessionTTL.Milliseconds())
+		}
+	}
+	if err := e.accepting(); err != nil {
+		return wire.Session{}, err
+	}
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return wire.Session{}, wire.Errorf(wire.CodeInternal, "generating a session ID: %v", err)
+	}
+	id := hex.EncodeToString(b[:])
+	s := &session{
+		id:        id,
+		holder:    e.cfg.PodName + "/" + id,
+		client:    req.Client,
+		ttl:       ttl,
+		notify:    make(chan struct{}, 1),
+		flushed:   make(chan struct{}),
+		interests: map[*nameState]bool{},
+	}
+	e.smu.Lock()
+	if e.closing.Load() {
+		e.smu.Unlock()
+		return wire.Session{}, wire.Errorf(wire.CodeShuttingDown, "the side-car is shutting down")
+	}
+	e.sessions[id] = s
+	e.smu.Unlock()
 	s.mu.Lock()
-	delete(s.interests, n)
+	s.expiry = e.clock.AfterFunc(ttl, e.expireFunc(s, 0))
 	s.mu.Unlock()
+	e.log.Info("session opened", "session", id, "holder", s.holder, "client", req.Client, "ttl", ttl)
+	return wire.Session{ID: id, Holder: s.holder, TTLMillis: ttl.Milliseconds()}, nil
 }
 
-// post queues ev for the session's event stream. It reports false when the queue is full.
-// Events posted after the session ended are dropped.
-func (s *session) post(ev wire.Event) bool {
+// expireFunc returns the keep-alive timer function of generation gen of s. It ends the session
+// in a goroutine of its own: fake clocks run timer functions while holding their lock, and
+// ending a session stops its timer.
+func (e *Engine) expireFunc(s *session, gen uint64) func() {
+	return func() {
+		go func() {
+			s.mu.Lock()
+			stale := s.gen != gen
+			s.mu.Unlock()
+			if !stale {
+				e.endSession(s, fmt.Sprintf("no keep-alive within its TTL of %s", s.ttl), wire.CodeNoSession)
+			}
+		}()
+	}
+}
+
+// session returns the open session id.
+func (e *Engine) session(id string) (*session, error) {
+	e.smu.Lock()
+	s := e.sessions[id]
+	e.smu.Unlock()
+	if s == nil {
+		if e.closing.Load() {
+			return nil, wire.Errorf(wire.CodeShuttingDown, "the side-car is shutting down")
+		}
+		return nil, wire.Errorf(wire.CodeNoSession, "no session %q: it was never opened, or it ended (closed, its event stream closed, or no keep-alive within its TTL)", id)
+	}
+	return s, nil
+}
+
+// KeepAlive extends session id's life by its TTL.
+func (e *Engine) KeepAlive(id string) error {
+	s, err := e.session(id)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.ended {
-		return true
+		s.mu.Unlock()
+		return s.endErr()
 	}
-	if len(s.events) >= maxQueuedEvents {
-		return false
-	}
-	s.events = append(s.events, ev)
-	signal(s.notify)
-	return true
+	s.gen++
+	s.expiry.Stop()
+	s.expiry = e.clock.AfterFunc(s.ttl, e.expireFunc(s, s.gen))
+	s.mu.Unlock()
+	return nil
 }
 
-// hasEnded reports whether s has ended.
-func (s *session) hasEnded() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ended
+// CloseSession ends session id, releasing all its holds.
+func (e *Engine) CloseSession(id string) error {
+	s, err := e.session(id)
+	if err != nil {
+		return err
+	}
+	e.endSession(s, "closed by the client", wire.CodeNoSession)
+	return nil
 }
 
-// endErr is the error for calls on s after it ended.
-func (s *session) endErr() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	code := s.endCode
-	if code == "" {
-		code = wire.CodeNoSession
+// StreamEvents writes session id's events with emit: wire.EventReady first, then lost, elected,
+// deposed and ping events, and wire.EventClosed last if the session ends. It returns when the
+// session ends, when emit fails, or when ctx ends; in the last two cases it ends the session,
+// because a client that stops reading its stream is taken for dead. A session has at most one
+// stream at a time (wire.CodeAlreadyHeld otherwise).
+func (e *Engine) StreamEvents(ctx context.Context, id string, emit func(wire.Event) error) error {
+	s, err := e.session(id)
+	if err != nil {
+		return err
 	}
-	return errorf(code, "session %s ended: %s", s.id, s.endReason)
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return s.endErr()
+	}
+	if s.streaming {
+		s.mu.Unlock()
+		return wire.Errorf(wire.CodeAlreadyHeld, "session %s already has an event stream; a session has at most one", id)
+	}
+	s.streaming = true
+	s.mu.Unlock()
+	return e.stream(ctx, s, emit)
 }
 
 // stream writes the session's events with emit until the session ends, ctx ends (the client
@@ -125,10 +199,154 @@ func (e *Engine) stream(ctx context.Context, s *session, emit func(wire.Event) e
 		case <-ctx.Done():
 			e.endSession(s, "event stream closed by the client", wire.CodeNoSession)
 			return ctx.Err()
-		case <-e.halted:
-			return errorf(wire.CodeShuttingDown, "side-car stopped")
+		case <-e.ctx.Done():
+			return wire.Errorf(wire.CodeShuttingDown, "side-car stopped")
 		}
 	}
+}
+
+// endSession ends s for reason: its waits fail with code, its candidacies end and its holds are
+// released. Idempotent.
+func (e *Engine) endSession(s *session, reason string, code wire.ErrorCode) {
+	if names, ok := e.closeSession(s, reason, code); ok {
+		e.releaseSession(s, names)
+	}
+}
+
+// closeSession marks s ended and queues EventClosed; it returns the names where s has interests,
+// and false when s had ended already. releaseSession must follow.
+func (e *Engine) closeSession(s *session, reason string, code wire.ErrorCode) ([]*nameState, bool) {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return nil, false
+	}
+	s.ended = true
+	s.endReason = reason
+	s.endCode = code
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	names := make([]*nameState, 0, len(s.interests))
+	for n := range s.interests {
+		names = append(names, n)
+	}
+	s.interests = nil
+	s.events = append(s.events, wire.Event{Type: wire.EventClosed, Reason: reason})
+	signal(s.notify)
+	s.mu.Unlock()
+
+	e.smu.Lock()
+	delete(e.sessions, s.id)
+	e.smu.Unlock()
+	e.log.Info("session ended", "session", s.id, "reason", reason)
+	return names, true
+}
+
+// releaseSession fails the waits of the ended session s and releases its holds in names.
+func (e *Engine) releaseSession(s *session, names []*nameState) {
+	for _, n := range names {
+		n.sessionEnded(s)
+	}
+}
+
+// ---- Sessions ----
+
+// sessionEnded drops everything of s: its waits fail, its candidacies end, its hold is
+// released.
+func (n *nameState) sessionEnded(s *session) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	now := n.e.clock.Now()
+	err := s.endErr()
+	for _, c := range slices.Clone(n.queue) {
+		if c.s != s {
+			continue
+		}
+		if n.kind == wire.KindLock {
+			n.answer(c, wire.Grant{}, err, "cancelled")
+		} else {
+			n.queue = slices.DeleteFunc(n.queue, func(x *contender) bool { return x == c })
+		}
+	}
+	if h := n.hold; h != nil && h.s == s {
+		n.requestRelease(h, "session ended", now)
+	}
+	n.wake()
+}
+
+// addInterest records that s waits, holds or stands in n. It reports false when s has ended, in
+// which case the caller must not register anything for s.
+func (s *session) addInterest(n *nameState) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return false
+	}
+	s.interests[n] = true
+	return true
+}
+
+// dropInterest forgets n.
+func (s *session) dropInterest(n *nameState) {
+	s.mu.Lock()
+	delete(s.interests, n)
+	s.mu.Unlock()
+}
+
+// forgetIfIdle drops n from s's interests when s has nothing left in n.
+func (n *nameState) forgetIfIdle(s *session) {
+	if n.hold != nil && n.hold.s == s {
+		return
+	}
+	for _, c := range n.queue {
+		if c.s == s {
+			return
+		}
+	}
+	s.dropInterest(n)
+}
+
+// post queues ev for the session's event stream. It reports false when the queue is full.
+// Events posted after the session ended are dropped.
+func (s *session) post(ev wire.Event) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return true
+	}
+	if len(s.events) >= maxQueuedEvents {
+		return false
+	}
+	s.events = append(s.events, ev)
+	signal(s.notify)
+	return true
+}
+
+// post queues ev for s; a session whose queue overflows is ended (asynchronously: the caller
+// holds n.mu, and ending a session takes it).
+func (n *nameState) post(s *session, ev wire.Event) {
+	if !s.post(ev) {
+		go n.e.endSession(s, "its event queue overflowed: the client does not read its event stream", wire.CodeNoSession)
+	}
+}
+
+// hasEnded reports whether s has ended.
+func (s *session) hasEnded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended
+}
+
+// endErr is the error for calls on s after it ended.
+func (s *session) endErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	code := s.endCode
+	if code == "" {
+		code = wire.CodeNoSession
+	}
+	return wire.Errorf(code, "session %s ended: %s", s.id, s.endReason)
 }
 
 // signal wakes the receiver of a capacity-1 channel without blocking.

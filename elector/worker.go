@@ -6,12 +6,11 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/metaparticle-io/sync/wire"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
-
-	"github.com/metaparticle-io/sync/wire"
 )
 
 // The worker of a name is the only goroutine that writes its Lease. It loops:
@@ -43,6 +42,13 @@ func (o op) String() string {
 	return [...]string{"create", "take", "renew", "release"}[o]
 }
 
+func (o op) verb() string {
+	if o == opCreate {
+		return "create"
+	}
+	return "update"
+}
+
 // action is one planned write.
 type action struct {
 	op       op
@@ -65,7 +71,7 @@ type result struct {
 var errFatal = errors.New("fatal")
 
 func (n *nameState) run() {
-	defer n.e.workerDone()
+	defer signal(n.e.workerExited)
 	var timer clock.Timer
 	defer func() {
 		if timer != nil {
@@ -103,7 +109,7 @@ func (n *nameState) run() {
 		select {
 		case <-n.kick:
 		case <-fire:
-		case <-n.e.halted:
+		case <-n.e.ctx.Done():
 			n.mu.Lock()
 			n.running = false
 			n.mu.Unlock()
@@ -155,7 +161,7 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 		}
 		if n.stale || now.Before(n.retryAt) {
 			if c.try {
-				n.answer(c, wire.Grant{}, errorf(wire.CodeNotAcquired, "lock %q is being taken by someone else", n.name), "failed")
+				n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q is being taken by someone else", n.name), "failed")
 				continue
 			}
 			if n.stale {
@@ -170,7 +176,7 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 			return &action{op: opTake, c: c, base: n.obj.DeepCopy(), baseRV: n.rv, start: now, deadline: now.Add(cfg.RenewDeadline)}, time.Time{}
 		}
 		if c.try {
-			n.answer(c, wire.Grant{}, errorf(wire.CodeNotAcquired, "lock %q is held by %q", n.name, holderOf(n.obj)), "failed")
+			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q is held by %q", n.name, holderOf(n.obj)), "failed")
 			continue
 		}
 		return nil, earliest(wake, n.expiry().Add(time.Nanosecond))
@@ -192,17 +198,6 @@ func (n *nameState) eligible(now time.Time) (*contender, time.Time) {
 		return c, wake
 	}
 	return nil, wake
-}
-
-// watchExpiry returns when a watched Lease held elsewhere expires, so watchers are told.
-func (n *nameState) watchExpiry(now time.Time) time.Time {
-	if len(n.watchers) == 0 || n.obj == nil || holderOf(n.obj) == "" || n.hold != nil {
-		return time.Time{}
-	}
-	if exp := n.expiry(); !now.After(exp) {
-		return exp.Add(time.Nanosecond)
-	}
-	return time.Time{}
 }
 
 // free reports whether contender c may take the Lease now (there is no local hold): it has no
@@ -365,7 +360,7 @@ func (n *nameState) granted(a *action, token uint64, now time.Time) {
 		n.answer(c, h.grant, nil, "granted")
 		for _, x := range append([]*contender(nil), n.queue...) {
 			if x.s == c.s {
-				n.answer(x, wire.Grant{}, errorf(wire.CodeAlreadyHeld, "session %s already holds lock %q (token %s)", c.s.id, n.name, h.grant.Token), "failed")
+				n.answer(x, wire.Grant{}, wire.Errorf(wire.CodeAlreadyHeld, "session %s already holds lock %q (token %s)", c.s.id, n.name, h.grant.Token), "failed")
 			}
 		}
 		return
@@ -390,34 +385,17 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 	case errors.Is(err, errFatal):
 		n.retryAt = now.Add(n.e.cfg.RetryPeriod)
 		log.Error(err, "cannot grant")
-		n.failWaiters(errorf(wire.CodeInternal, "%v", err), "failed")
+		n.failWaiters(wire.Errorf(wire.CodeInternal, "%v", err), "failed")
 	default:
 		n.retryAt = now.Add(n.e.cfg.RetryPeriod)
 		log.Error(err, "writing the Lease failed; retrying", "op", a.op, "retryAt", n.retryAt)
 	}
 	if c := a.c; c.try && !c.answered {
 		if conflict {
-			n.answer(c, wire.Grant{}, errorf(wire.CodeNotAcquired, "lock %q was taken by someone else first", n.name), "failed")
+			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q was taken by someone else first", n.name), "failed")
 		} else {
-			n.answer(c, wire.Grant{}, errorf(wire.CodeUnavailable, "could not write the Lease: %v", err), "failed")
+			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeUnavailable, "could not write the Lease: %v", err), "failed")
 		}
-	}
-}
-
-func (o op) verb() string {
-	if o == opCreate {
-		return "create"
-	}
-	return "update"
-}
-
-// failWaiters ends every lock wait with err (elections keep their candidates and retry).
-func (n *nameState) failWaiters(err error, result string) {
-	if n.kind != wire.KindLock {
-		return
-	}
-	for _, c := range append([]*contender(nil), n.queue...) {
-		n.answer(c, wire.Grant{}, err, result)
 	}
 }
 

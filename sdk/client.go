@@ -37,10 +37,9 @@ const (
 	// ending the session on Close.
 	cleanupTimeout = 5 * time.Second
 
-	// maxResponseBytes caps the body read from a short response, and maxEventBytes one line of a
-	// stream.
+	// maxResponseBytes caps the body read from a short response (a stream's lines are capped by
+	// maxLineBytes).
 	maxResponseBytes = 1 << 20
-	maxEventBytes    = 1 << 20
 )
 
 // An Option configures a Client.
@@ -87,9 +86,9 @@ func WithBackoff(first, longest time.Duration) Option {
 func WithHTTPClient(hc *http.Client) Option { return func(c *config) { c.hc = hc } }
 
 // A Client is a connection to the side-car and the owner of one session with it: every Lock and
-// Election made from a Client holds as the same identity. It opens the session on first use,
-// keeps it alive and follows its event stream; when the session ends for any reason, every hold is
-// reported lost and the next call opens a new session.
+// Election made from a Client holds as the same identity. It opens the session when a lock or
+// election first needs it, keeps it alive and follows its event stream; when the session ends for
+// any reason, every hold is reported lost and the next call opens a new session.
 //
 // A Client is safe for concurrent use by multiple goroutines. Its zero value is not usable: call
 // NewClient, or use DefaultClient.
@@ -107,7 +106,7 @@ type Client struct {
 
 // NewClient returns a Client of the side-car found from the options and the environment. It does
 // no I/O: the session is opened by the first call that needs it. It fails only on invalid
-// options.
+// options or an invalid $METAPARTICLE_SYNC_ADDR.
 func NewClient(opts ...Option) (*Client, error) {
 	cfg := config{
 		retryTimeout: DefaultRetryTimeout,
@@ -305,9 +304,10 @@ type request struct {
 }
 
 // do sends r, retrying transient errors with back-off for up to the retry timeout or until ctx
-// ends. It returns the response (non-nil only for a 2xx stream) and an error that is an
-// *apiError for a non-2xx status, a *malformedError for an unusable 2xx body, an unreachable
-// error, or ctx's error.
+// ends. It returns the response (non-nil only for a 2xx stream) and an error that is, or wraps,
+// an *apiError for a non-2xx status, a *malformedError for an unusable 2xx body, an
+// *unreachableError when no connection could be made, a *transportError when a request got no
+// response, ctx's error when ctx ended the call, or beforeRetry's error.
 func (c *Client) do(ctx context.Context, r request) (*http.Response, error) {
 	var body []byte
 	if r.body != nil {

@@ -1,6 +1,7 @@
 package sdk_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -265,6 +266,10 @@ func TestMalformedResponses(t *testing.T) {
 			want: []string{"first event", "is not \"ready\""}},
 		{name: "event stream is HTML", call: "GET events", status: 200, body: "<html>hello</html>",
 			want: []string{"first event", "<html>"}},
+		{name: "event stream ends before ready", call: "GET events", status: 200, body: "\n \n",
+			want: []string{"opening the event stream", "the stream ended before its ready event"}},
+		{name: "first event too long", call: "GET events", status: 200, body: strings.Repeat(" ", 1<<20) + `{"type":"ready"}` + "\n",
+			want: []string{"opening the event stream", bufio.ErrTooLong.Error()}},
 		{name: "grant is not JSON", call: "POST lock", status: 200, body: "granted!",
 			want: []string{"malformed response", "granted!"}, released: true},
 		{name: "grant token is not a number", call: "POST lock", status: 200,

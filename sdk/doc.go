@@ -45,12 +45,13 @@
 //
 // # Clients and sessions
 //
-// A [Client] owns a session with the side-car: it opens it on first use, keeps it alive, and
-// holds its event stream open, on which the side-car reports lost locks and changes of leadership.
-// One session is one holder: every lock and election of a Client is held by the same identity,
-// "<pod>/<session>", and a lock held through one Client excludes every other Client, in this
-// process or another. [Client.Close] ends the session and so releases everything it holds; when
-// the process dies, its connections close and the side-car releases its holds at once.
+// A [Client] owns a session with the side-car: it opens it when a lock or election first needs
+// it, keeps it alive, and holds its event stream open, on which the side-car reports lost locks
+// and changes of leadership. One session is one holder: every lock and election of a Client is
+// held by the same identity, "<pod>/<session>", and a lock held through one Client excludes every
+// other Client, in this process or another. [Client.Close] ends the session and so releases
+// everything it holds; when the process dies, its connections close and the side-car releases
+// its holds at once.
 //
 // [NewLock] and [NewElection] use [DefaultClient], created on first use from the environment: the
 // address in $METAPARTICLE_SYNC_ADDR ([wire.EnvAddress]), which the injector sets, or else
@@ -58,11 +59,12 @@
 //
 // # Failures
 //
-// The SDK never reports a hold it does not have. If the side-car reports a lost lock, if the
-// event stream breaks, if a keep-alive is not acknowledged or the stream stays silent for three
-// quarters of the session's TTL, or if the side-car no longer knows the session, every hold of
-// the session is reported lost at once (Lost channels closed, elected contexts cancelled) and the
-// next call opens a new session. On doubt, a hold is lost.
+// The SDK never reports a hold it does not have. A lock the side-car reports lost is reported
+// lost at once (its Lost channel closed), and so is a leadership (the elected context cancelled).
+// If the event stream breaks, if a keep-alive is not acknowledged or the stream stays silent for
+// three quarters of the session's TTL, or if the side-car no longer knows the session, every hold
+// of the session is reported lost at once (Lost channels closed, elected contexts cancelled) and
+// the next call opens a new session. On doubt, a hold is lost.
 //
 // Transient errors (connection refused while the side-car starts, HTTP 5xx, 503 while the
 // side-car waits for the API server) are retried with exponential back-off and jitter for up to

@@ -1,10 +1,7 @@
 package sdk
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -78,14 +75,14 @@ func (e *Election) Name() string { return e.name }
 // Run stands as a candidate until ctx ends, then leaves the election and returns nil.
 //
 // Each time this session is elected, Run calls the elected function in a new goroutine with a
-// context that carries the term's token (LeaderToken) and is cancelled, with a cause matching
-// ErrLost, the moment the side-car reports that leadership is lost, or the session ends, or ctx
-// ends. When leadership is lost, Run waits for the elected function to return, then calls the lost
-// function, and goes on standing: a replica that lost leadership can be elected again. The elected
-// function may return before leadership is lost; the lost function is still called when it is. It
-// must return promptly once its context is cancelled: until it does, Run neither calls the lost
-// function nor, when ctx ends, leaves the election, so that no other candidate is elected while it
-// still works.
+// context that carries the term's token (LeaderToken) and is cancelled the moment the side-car
+// reports that leadership is lost, Resign gives it up or the session ends, with a cause matching
+// ErrLost, or when ctx ends, with ctx's cause. When leadership is lost, Run waits for the elected
+// function to return, then calls the lost function, and goes on standing: a replica that lost
+// leadership can be elected again. The elected function may return before leadership is lost;
+// the lost function is still called when it is. It must return promptly once its context is
+// cancelled: until it does, Run neither calls the lost function nor, when ctx ends, leaves the
+// election, so that no other candidate is elected while it still works.
 //
 // If the session ends, Run opens a new one and stands again. Run returns an error matching
 // ErrRunning if this Election, or another of the same name on the same Client, is already running,
@@ -159,7 +156,7 @@ func (e *Election) Run(ctx context.Context) error {
 // stand registers e on s and tells the side-car it stands.
 func (e *Election) stand(ctx context.Context, s *session) error {
 	s.mu.Lock()
-	if s.err != nil {
+	if !s.alive() {
 		s.mu.Unlock()
 		return errSessionEnded
 	}
@@ -431,11 +428,12 @@ func leaderOf(st wire.ElectionState) (Leader, error) {
 	return l, nil
 }
 
-// Watch calls fn with the current leader, then again each time the leader (or its token)
-// changes, until ctx ends; it then returns nil. fn is called from Watch's goroutine, one call at a time. A broken
-// stream is reopened; changes that happened meanwhile are seen as one change to the latest leader.
-// Watch needs no candidacy and opens no session. It returns an error if the side-car stays
-// unreachable for longer than the retry timeout or refuses the request.
+// Watch calls fn with the current leader, then again each time the leader, its token or its start
+// time changes, until ctx ends; it then returns nil. fn is called from Watch's goroutine, one call
+// at a time. A stream that ends or breaks is reopened; changes that happened meanwhile are seen as
+// one change to the latest leader. Watch needs no candidacy and opens no session. It returns an
+// error if the side-car stays unreachable for longer than the retry timeout, refuses the request,
+// or sends a line that is not an election state.
 func (e *Election) Watch(ctx context.Context, fn func(Leader)) error {
 	if err := e.c.usable(); err != nil {
 		return e.errorf("watching", err)
@@ -454,22 +452,18 @@ func (e *Election) Watch(ctx context.Context, fn func(Leader)) error {
 			}
 			return e.errorf("watching", err)
 		}
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 0, 4096), maxEventBytes)
-		for sc.Scan() {
-			line := bytes.TrimSpace(sc.Bytes())
-			if len(line) == 0 {
-				continue
-			}
+		r := newNDJSONReader(ctx, resp.Body)
+		for r.next() {
 			var st wire.ElectionState
-			err := json.Unmarshal(line, &st)
+			err := r.decode(&st)
 			var l Leader
 			if err == nil {
 				l, err = leaderOf(st)
 			}
 			if err != nil {
-				resp.Body.Close()
-				return e.errorf("watching", &malformedError{method: http.MethodGet, path: path, err: err, data: line})
+				err = &malformedError{method: http.MethodGet, path: path, err: err, data: r.line()}
+				r.close()
+				return e.errorf("watching", err)
 			}
 			bo = e.c.newBackoff()
 			if last == nil || !last.same(l) {
@@ -477,7 +471,9 @@ func (e *Election) Watch(ctx context.Context, fn func(Leader)) error {
 				fn(l)
 			}
 		}
-		resp.Body.Close()
+		// The stream ended (cleanly, broken or with a line too long): reopen it after a pause,
+		// unless ctx ended.
+		r.close()
 		if !sleep(ctx, bo.next()) {
 			return nil
 		}

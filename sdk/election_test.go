@@ -349,6 +349,50 @@ func TestWatchReconnects(t *testing.T) {
 	}
 }
 
+// TestWatchStreamBreaks: however a watch stream ends without a malformed line, Watch reopens it
+// and goes on reporting the leader.
+func TestWatchStreamBreaks(t *testing.T) {
+	tests := []struct{ name, first string }{
+		{name: "ends at once", first: ""},
+		{name: "only blank lines", first: "\n \r\n\t\n"},
+		{name: "line too long", first: `{"name":"test","held":true,"holder":"p/long","token":"` + strings.Repeat("9", 1<<20) + `"}` + "\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake(t)
+			f.setIntercept(func(w http.ResponseWriter, r *http.Request) bool {
+				if route(r.URL.Path) != "watch" {
+					return false
+				}
+				if f.count("GET watch") == 1 {
+					fmt.Fprint(w, tt.first)
+					return true // the first stream ends, one way or another
+				}
+				fmt.Fprintln(w, string(line(wire.ElectionState{Name: "test", Held: true, Holder: "p/s", Token: "7"})))
+				w.(http.Flusher).Flush()
+				<-r.Context().Done()
+				return true
+			})
+			ctx, cancel := context.WithCancel(testCtx(t))
+			defer cancel()
+			var got []sdk.Leader
+			err := f.client().NewElection("test", nil, nil).Watch(ctx, func(l sdk.Leader) {
+				got = append(got, l)
+				cancel()
+			})
+			if err != nil {
+				t.Fatalf("Watch: got %v; want nil after its context ended", err)
+			}
+			if want := (sdk.Leader{Holder: "p/s", Token: 7}); len(got) != 1 || got[0] != want {
+				t.Errorf("got calls %+v; want one, with %+v", got, want)
+			}
+			if n := f.count("GET watch"); n != 2 {
+				t.Errorf("got %d watch streams; want 2 (the first reopened once)", n)
+			}
+		})
+	}
+}
+
 // TestLeaderStates: Leader reads the side-car's ElectionState.
 func TestLeaderStates(t *testing.T) {
 	tests := []struct {

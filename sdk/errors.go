@@ -12,8 +12,8 @@ import (
 
 // Errors a caller can test for with errors.Is.
 var (
-	// ErrClosed is returned by every call on a Client after Close, and by the Locks and Elections
-	// created from it.
+	// ErrClosed is returned by Acquire, TryAcquire, Run, Leader and Watch once their Client is
+	// closed. (Release of a hold that Close ended returns an error matching ErrLost.)
 	ErrClosed = errors.New("sdk: client closed")
 
 	// ErrHeld is returned by Acquire when the lock is already held, or being acquired or
@@ -26,7 +26,8 @@ var (
 
 	// ErrLost is the cause of a lost hold: Release returns an error matching it when the hold ended
 	// before Release was called (or while it ran), and the context given to an elected function is
-	// cancelled with a cause matching it when leadership ends.
+	// cancelled with a cause matching it when leadership is lost or given up. (When Run's own
+	// context ends, the elected function's context ends with that context's cause.)
 	ErrLost = errors.New("sdk: hold lost")
 
 	// ErrRunning is returned by Run when the Election, or another Election of the same name on the
@@ -117,7 +118,7 @@ func (e *malformedError) Error() string {
 
 func (e *malformedError) Unwrap() error { return e.err }
 
-// snippet returns at most the first 120 bytes of data, for error messages.
+// snippet returns data, cut to its first 120 bytes and "..." if longer, for error messages.
 func snippet(data []byte) string {
 	const n = 120
 	if len(data) > n {

@@ -39,13 +39,12 @@ type fakeSidecar struct {
 }
 
 type fakeSession struct {
-	id         string
-	events     chan []byte   // lines of the event stream
-	gone       chan struct{} // closed when the session ends
-	drop       chan struct{} // closed to break the event stream without a closed event
-	silent     bool          // no pings
-	keepalives int
-	ended      string // why it ended
+	id     string
+	events chan []byte   // lines of the event stream
+	gone   chan struct{} // closed when the session ends
+	drop   chan struct{} // closed to break the event stream without a closed event
+	silent bool          // no pings
+	ended  string        // why it ended
 }
 
 type fakeHold struct {
@@ -383,7 +382,6 @@ func (f *fakeSidecar) keepAlive(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if s := f.sessionOf(w, r); s != nil {
-		s.keepalives++
 		w.WriteHeader(http.StatusNoContent)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/internal/sidecartest"
 	"github.com/metaparticle-io/sync/internal/testenv"
 	"github.com/metaparticle-io/sync/sdk"
@@ -74,7 +75,7 @@ func (sc *sidecar) client(t *testing.T, opts ...sdk.Option) *sdk.Client {
 // leaseHolder reads the holder identity of the Lease of a lock or election from the API server.
 func leaseHolder(t *testing.T, ns string, kind wire.Kind, name string) string {
 	t.Helper()
-	l, err := env.Clientset.CoordinationV1().Leases(ns).Get(context.Background(), elector.LeaseName(kind, name), metav1.GetOptions{})
+	l, err := env.Clientset.CoordinationV1().Leases(ns).Get(context.Background(), contract.LeaseName(kind, name), metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("reading the Lease of %s %s: %v", kind, name, err)
 	}
@@ -87,7 +88,7 @@ func leaseHolder(t *testing.T, ns string, kind wire.Kind, name string) string {
 // deleteLease deletes the Lease of a lock or election behind the side-cars' backs.
 func deleteLease(t *testing.T, ns string, kind wire.Kind, name string) {
 	t.Helper()
-	if err := env.Clientset.CoordinationV1().Leases(ns).Delete(context.Background(), elector.LeaseName(kind, name), metav1.DeleteOptions{}); err != nil {
+	if err := env.Clientset.CoordinationV1().Leases(ns).Delete(context.Background(), contract.LeaseName(kind, name), metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("deleting the Lease of %s %s: %v", kind, name, err)
 	}
 }

@@ -24,8 +24,8 @@ type Lock struct {
 	c    *Client
 	name string
 
-	mu sync.Mutex   // protects op and the released flag of h; serialises Acquire and Release
-	op lockOp       // the operation in progress
+	mu sync.Mutex   // protects op and the released flag of h
+	op lockOp       // the operation in progress: a second Acquire or Release fails meanwhile
 	h  atomic.Value // *hold: the current or last hold; nil before the first
 }
 
@@ -41,23 +41,22 @@ const (
 type hold struct {
 	token uint64
 	s     *session
-	lost  chan struct{} // closed when the hold ends
+	lost  chan struct{} // closed when the hold ends, once err is set
 
 	released bool // Release was called for this hold (guarded by the Lock's mu)
 
-	mu   sync.Mutex // protects done and err
-	done bool
-	err  error // why it ended: nil if released, matching ErrLost if lost
+	mu  sync.Mutex // protects err and the closing of lost
+	err error      // why it ended: nil if released, matching ErrLost if lost
 }
 
 // end ends the hold for err (nil: released) and reports whether this call ended it.
 func (h *hold) end(err error) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.done {
+	if isClosed(h.lost) {
 		return false
 	}
-	h.done, h.err = true, err
+	h.err = err
 	close(h.lost)
 	return true
 }
@@ -66,7 +65,17 @@ func (h *hold) end(err error) bool {
 func (h *hold) ended() (bool, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.done, h.err
+	return isClosed(h.lost), h.err
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // closed is the Lost channel of a Lock that holds nothing.
@@ -163,7 +172,7 @@ func (l *Lock) acquire(ctx context.Context, try bool) (bool, error) {
 // again on a live session.
 func (s *session) acquire(ctx context.Context, l *Lock, try bool) (*hold, error) {
 	s.mu.Lock()
-	if s.err != nil {
+	if !s.alive() {
 		s.mu.Unlock()
 		return nil, errSessionEnded
 	}
@@ -171,7 +180,7 @@ func (s *session) acquire(ctx context.Context, l *Lock, try bool) (*hold, error)
 		s.mu.Unlock()
 		return nil, fmt.Errorf("%w: another Lock of this Client holds it, or is acquiring or releasing it; a Client is one holder", ErrHeld)
 	}
-	le := &lockEntry{owner: l}
+	le := &lockEntry{}
 	s.locks[l.name] = le
 	s.mu.Unlock()
 
@@ -249,7 +258,7 @@ func (s *session) granted(le *lockEntry, name string, g wire.Grant) (*hold, erro
 			err: fmt.Errorf("fencing token %q is not a decimal uint64", g.Token)}, cerr)
 	}
 	s.mu.Lock()
-	if s.err != nil {
+	if !s.alive() {
 		s.mu.Unlock()
 		return nil, errSessionEnded
 	}
@@ -337,7 +346,7 @@ func (l *Lock) Release(ctx context.Context) error {
 func (s *session) release(ctx context.Context, name string, h *hold) error {
 	s.mu.Lock()
 	le := s.locks[name]
-	if s.err != nil || le == nil || le.hold != h {
+	if !s.alive() || le == nil || le.hold != h {
 		s.mu.Unlock()
 		// The hold was lost before Release; the loss has ended it.
 		_, err := h.ended()

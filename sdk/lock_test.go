@@ -269,6 +269,8 @@ func TestHoldLost(t *testing.T) {
 		lose func(f *fakeSidecar, id string)
 		// newSession says whether the loss ends the session.
 		newSession bool
+		// reason, when set, is in the error of Release after the loss: how the loss was reported.
+		reason string
 	}{
 		{name: "lost event", lose: func(f *fakeSidecar, id string) { f.loseLock("test") }},
 		{name: "lost event with unreadable token", lose: func(f *fakeSidecar, id string) {
@@ -278,10 +280,16 @@ func TestHoldLost(t *testing.T) {
 			f.send(id, wire.Event{Type: wire.EventLost, Kind: wire.KindLock})
 		}},
 		{name: "stream dropped", newSession: true, lose: func(f *fakeSidecar, id string) { f.dropStream(id) }},
-		{name: "closed event", newSession: true, lose: func(f *fakeSidecar, id string) {
-			f.send(id, wire.Event{Type: wire.EventClosed, Reason: "side-car shutting down"})
-		}},
-		{name: "malformed event", newSession: true, lose: func(f *fakeSidecar, id string) { f.sendRaw(id, []byte("{oops")) }},
+		{name: "closed event", newSession: true, reason: "the side-car closed the session: side-car shutting down",
+			lose: func(f *fakeSidecar, id string) {
+				f.send(id, wire.Event{Type: wire.EventClosed, Reason: "side-car shutting down"})
+			}},
+		{name: "malformed event", newSession: true, reason: `malformed event "{oops"`,
+			lose: func(f *fakeSidecar, id string) { f.sendRaw(id, []byte("{oops")) }},
+		{name: "event too long", newSession: true, reason: "the event stream broke: bufio.Scanner: token too long",
+			lose: func(f *fakeSidecar, id string) {
+				f.sendRaw(id, []byte(`{"type":"ping","reason":"`+strings.Repeat("x", 1<<20)+`"}`))
+			}},
 		{name: "session unknown to the side-car (404 on keep-alive)", ttl: 2000, newSession: true,
 			lose: func(f *fakeSidecar, id string) { f.forget(id) }},
 		{name: "stream silent", ttl: 2000, newSession: true, lose: func(f *fakeSidecar, id string) { f.silence(id) }},
@@ -316,6 +324,9 @@ func TestHoldLost(t *testing.T) {
 			err := l.Release(ctx)
 			if !errors.Is(err, sdk.ErrLost) {
 				t.Errorf("Release after loss: got %v; want ErrLost", err)
+			}
+			if err != nil && !strings.Contains(err.Error(), tt.reason) {
+				t.Errorf("Release after loss: got %q; want it to contain %q", err, tt.reason)
 			}
 			f.setIntercept(nil)
 			if err := l.Acquire(ctx); err != nil {

@@ -1,10 +1,7 @@
 package sdk
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,27 +13,33 @@ import (
 )
 
 // A session is one session with the side-car, from its opening to its end. It ends, exactly once,
-// when its event stream breaks or reports it closed, when the side-car does not acknowledge a
-// keep-alive or stays silent for too long, when a request says the side-car no longer knows it,
-// or when the Client is closed. Ending reports every hold lost before anything else happens.
+// when its event stream breaks, reports it closed or sends what the SDK cannot use (a malformed
+// line, a loss or an election event without its grant, an election token that is not a number),
+// when the side-car does not acknowledge a keep-alive or stays silent for too long, when a request
+// says the side-car no longer knows it, when a lock or an election cannot be given up otherwise
+// (Release, Resign, leaving an election or undoing an abandoned acquire failed: ending the session
+// gives them up), or when the Client is closed. Ending reports every hold lost before anything
+// else happens.
 type session struct {
-	c      *Client
-	id     string
-	holder string
-	ttl    time.Duration
+	c   *Client
+	id  string
+	ttl time.Duration
 
 	// ctx ends, with the reason as its cause, when the session ends: requests made for the
-	// session are abandoned and its keep-alives stop.
+	// session are abandoned and its keep-alives stop. Only markEnded cancels it, holding mu,
+	// once every hold has been reported lost: to a holder of mu, alive says whether the session
+	// has ended and cause why.
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	// conn ends after ctx, when the session's connections are closed (the event stream, whose
-	// closing ends the session at the side-car).
+	// conn ends when the session's connections are closed (the event stream, whose closing ends
+	// the session at the side-car): after ctx once the session is open; while it opens, the
+	// caller's context or the wait for the ready event may end conn first, which fails the
+	// opening.
 	conn      context.Context
 	closeConn context.CancelCauseFunc
 	wg        sync.WaitGroup // the stream reader and the keep-alive loop
 
-	mu        sync.Mutex // protects err, locks, elections and the two timers
-	err       error      // why the session ended; nil while it is alive
+	mu        sync.Mutex // protects locks, elections and the two timers; orders the end of ctx
 	locks     map[string]*lockEntry
 	elections map[string]*Election
 	silence   *time.Timer // ends the session when the event stream is silent for too long
@@ -46,7 +49,6 @@ type session struct {
 // lockEntry is this session's use of a lock name, from the start of an acquire to the end of the
 // hold. While it exists, no other acquire of the name may start on the session.
 type lockEntry struct {
-	owner     *Lock
 	hold      *hold // nil while acquiring
 	releasing bool  // Release is telling the side-car; losses no longer matter
 	// While acquiring, losses reported for the name: a grant with a token at most lostUpTo (or
@@ -73,7 +75,7 @@ func (c *Client) openSession(ctx context.Context) (*session, error) {
 			err: fmt.Errorf("session id %q, ttlMillis %d", ws.ID, ws.TTLMillis)})
 	}
 	s := &session{
-		c: c, id: ws.ID, holder: ws.Holder, ttl: time.Duration(ws.TTLMillis) * time.Millisecond,
+		c: c, id: ws.ID, ttl: time.Duration(ws.TTLMillis) * time.Millisecond,
 		locks: map[string]*lockEntry{}, elections: map[string]*Election{},
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
@@ -86,7 +88,7 @@ func (c *Client) openSession(ctx context.Context) (*session, error) {
 	readyTimer := time.AfterFunc(readyWait, func() {
 		s.closeConn(fmt.Errorf("no ready event on the event stream within %s", readyWait))
 	})
-	sc, err := s.openStream()
+	events, err := s.openStream()
 	readyTimer.Stop()
 	if !stopCaller() || err != nil {
 		if err == nil {
@@ -111,52 +113,39 @@ func (c *Client) openSession(ctx context.Context) (*session, error) {
 		s.end(fmt.Errorf("no keep-alive acknowledged for %s (session TTL %s)", s.deadline(), s.ttl))
 	})
 	s.wg.Add(2)
-	go s.read(sc)
+	go s.read(events)
 	go s.keepAlive(sent)
 	return s, nil
 }
 
 // openStream opens the event stream and reads its first event, which must be ready.
-func (s *session) openStream() (*bufio.Scanner, error) {
+func (s *session) openStream() (*ndjsonReader, error) {
 	resp, err := s.c.do(s.conn, request{method: http.MethodGet, path: wire.SessionEventsPath(s.id), stream: true})
 	if err != nil {
 		return nil, err
 	}
-	context.AfterFunc(s.conn, func() { resp.Body.Close() })
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 4096), maxEventBytes)
-	for sc.Scan() {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
-			continue
+	r := newNDJSONReader(s.conn, resp.Body) // closed when conn ends
+	if !r.next() {
+		if r.err() == errEndOfStream {
+			return nil, errors.New("the stream ended before its ready event")
 		}
-		var ev wire.Event
-		if err := json.Unmarshal(line, &ev); err != nil || ev.Type != wire.EventReady {
-			return nil, fmt.Errorf("first event %q is not %q", snippet(line), wire.EventReady)
-		}
-		return sc, nil
+		return nil, r.err()
 	}
-	if err := context.Cause(s.conn); err != nil {
-		return nil, err
+	var ev wire.Event
+	if err := r.decode(&ev); err != nil || ev.Type != wire.EventReady {
+		return nil, fmt.Errorf("first event %q is not %q", snippet(r.line()), wire.EventReady)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	return nil, errors.New("the stream ended before its ready event")
+	return r, nil
 }
 
 // read follows the event stream until it ends, then ends the session.
-func (s *session) read(sc *bufio.Scanner) {
+func (s *session) read(r *ndjsonReader) {
 	defer s.wg.Done()
-	for sc.Scan() {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
-			continue
-		}
+	for r.next() {
 		s.heard()
 		var ev wire.Event
-		if err := json.Unmarshal(line, &ev); err != nil {
-			s.end(fmt.Errorf("malformed event %q: %v", snippet(line), err))
+		if err := r.decode(&ev); err != nil {
+			s.end(fmt.Errorf("malformed event %q: %v", snippet(r.line()), err))
 			return
 		}
 		switch ev.Type {
@@ -170,11 +159,7 @@ func (s *session) read(sc *bufio.Scanner) {
 		}
 		// ready, ping and types this SDK does not know carry nothing to act on.
 	}
-	err := sc.Err()
-	if err == nil {
-		err = errors.New("end of stream")
-	}
-	s.end(fmt.Errorf("the event stream broke: %v", err))
+	s.end(fmt.Errorf("the event stream broke: %v", r.err()))
 }
 
 // keepAlive extends the session every TTL/3 until it ends.
@@ -206,7 +191,7 @@ func (s *session) keepAlive(lastSent time.Time) {
 // heard notes that the side-car spoke on the event stream.
 func (s *session) heard() {
 	s.mu.Lock()
-	if s.err == nil {
+	if s.alive() {
 		s.silence.Reset(s.deadline())
 	}
 	s.mu.Unlock()
@@ -215,13 +200,13 @@ func (s *session) heard() {
 // acked notes that a keep-alive sent at sent was acknowledged.
 func (s *session) acked(sent time.Time) {
 	s.mu.Lock()
-	if s.err == nil {
+	if s.alive() {
 		s.unacked.Reset(s.deadline() - time.Since(sent))
 	}
 	s.mu.Unlock()
 }
 
-// alive reports whether the session has not ended.
+// alive reports whether the session has not ended (see ctx).
 func (s *session) alive() bool { return s.ctx.Err() == nil }
 
 // end ends the session for cause, if it has not ended, and closes its connections: see
@@ -236,11 +221,10 @@ func (s *session) end(cause error) {
 // forgets it. It reports whether this call ended it.
 func (s *session) markEnded(cause error) bool {
 	s.mu.Lock()
-	if s.err != nil {
+	if !s.alive() {
 		s.mu.Unlock()
 		return false
 	}
-	s.err = cause
 	if s.silence != nil {
 		s.silence.Stop()
 		s.unacked.Stop()
@@ -256,7 +240,7 @@ func (s *session) markEnded(cause error) bool {
 	for _, e := range elections {
 		e.sessionEnded(s, cause)
 	}
-	s.cancel(cause)
+	s.cancel(cause) // last, so that whoever it wakes finds every hold reported lost
 	s.mu.Unlock()
 	s.c.forget(s)
 	return true
@@ -270,11 +254,7 @@ func (s *session) stop(cause error) {
 }
 
 // cause returns why the session ended, or nil.
-func (s *session) cause() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.err
-}
+func (s *session) cause() error { return context.Cause(s.ctx) }
 
 // bind returns a context that ends with ctx or with the session, whichever ends first; its
 // cause is errSessionEnded in the second case.
@@ -295,7 +275,7 @@ func (s *session) dispatchLoss(ev wire.Event) {
 	tok, tokErr := strconv.ParseUint(ev.Grant.Token, 10, 64)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
+	if !s.alive() {
 		return
 	}
 	if ev.Kind == wire.KindElection || (ev.Kind == "" && ev.Type == wire.EventDeposed) {
@@ -336,7 +316,7 @@ func (s *session) dispatchElected(ev wire.Event) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
+	if !s.alive() {
 		return
 	}
 	if e := s.elections[ev.Grant.Name]; e != nil {

@@ -46,8 +46,7 @@ func TestGrantAlreadyLost(t *testing.T) {
 			s := &session{c: c, id: "s1", ttl: wire.DefaultSessionTTL, locks: map[string]*lockEntry{}, elections: map[string]*Election{}}
 			s.ctx, s.cancel = context.WithCancelCause(context.Background())
 			s.conn, s.closeConn = context.WithCancelCause(context.Background())
-			l := c.NewLock("test")
-			le := &lockEntry{owner: l}
+			le := &lockEntry{}
 			s.locks["test"] = le
 
 			lost := tt.lost

@@ -19,9 +19,10 @@ import (
 var SidecarLeaseVerbs = []string{"list", "watch", "create", "update"}
 
 // AccessChecker asks the API server, with SubjectAccessReviews, whether a service account may use
-// Leases as the side-car does. Answers are cached for TTL per namespace and service account, so a
-// burst of Pods costs one review per verb. The zero value is not usable; use NewAccessChecker.
-// It is safe for concurrent use.
+// Leases as the side-car does. Answers (not errors) are cached for a TTL per namespace and service
+// account, so a burst of Pods costs one review per verb once the first answer is in; Pods admitted
+// concurrently before then each ask. The zero value is not usable; use NewAccessChecker. It is
+// safe for concurrent use.
 type AccessChecker struct {
 	reviews authorizationclient.SubjectAccessReviewInterface
 	ttl     time.Duration
@@ -36,7 +37,8 @@ type accessEntry struct {
 	expires time.Time
 }
 
-// NewAccessChecker returns a checker that caches answers for ttl (30s when ttl is zero).
+// NewAccessChecker returns a checker that caches answers for ttl (30s when ttl is zero or
+// negative), reading the time from clk (the real clock when nil).
 func NewAccessChecker(reviews authorizationclient.SubjectAccessReviewInterface, ttl time.Duration, clk clock.PassiveClock) *AccessChecker {
 	if ttl <= 0 {
 		ttl = 30 * time.Second

@@ -9,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/metaparticle-io/sync/internal/contract"
 )
 
 // Pod annotations read by the injector. docs/annotations.md documents each one.
@@ -16,8 +18,8 @@ const (
 	// AnnotationInject opts a Pod in: "true" injects, "false" (or no annotation) leaves the Pod
 	// alone; any other value is denied.
 	AnnotationInject = "metaparticle.io/sync"
-	// AnnotationStatus is written by the injector on every Pod it injected; its value is
-	// "injected". A Pod that carries it is never injected again.
+	// AnnotationStatus is written by the injector on every Pod it injected, with the value
+	// StatusInjected. A Pod that carries it with that value is never injected again.
 	AnnotationStatus = "metaparticle.io/sync-status"
 
 	AnnotationImage         = "metaparticle.io/sidecar-image"
@@ -62,11 +64,12 @@ func wantsInjection(annotations map[string]string) (bool, error) {
 	return false, &annotationError{AnnotationInject, v, `accepted values are "true" (inject the side-car) and "false" (leave the Pod alone)`}
 }
 
-// podConfig applies a Pod's override annotations to the injector's configuration. It reports every
-// bad annotation, not only the first.
+// podConfig applies a Pod's override annotations to the injector's configuration, with the
+// timing's zero fields set to their defaults. It reports every bad annotation, not only the first.
 func podConfig(base Config, annotations map[string]string) (Config, error) {
 	c := base
 	c.Resources = *base.Resources.DeepCopy()
+	c.Timing = base.Timing.WithDefaults()
 	var errs []error
 	bad := func(key, allowed string) {
 		errs = append(errs, &annotationError{key, annotations[key], allowed})
@@ -96,10 +99,10 @@ func podConfig(base Config, annotations map[string]string) (Config, error) {
 		}
 	}
 	if v, ok := annotations[AnnotationLogLevel]; ok {
-		if validLogLevel(v) {
+		if _, ok := contract.LogLevels[v]; ok {
 			c.LogLevel = v
 		} else {
-			bad(AnnotationLogLevel, "one of "+strings.Join(logLevels, ", "))
+			bad(AnnotationLogLevel, "one of "+logLevelNames())
 		}
 	}
 
@@ -136,14 +139,16 @@ func podConfig(base Config, annotations map[string]string) (Config, error) {
 		}
 	}
 
+	const anyDuration = "a positive Go duration up to 1h, such as 5s or 500ms"
 	durations := []struct {
-		key string
-		d   *time.Duration
+		key     string
+		d       *time.Duration
+		allowed string
 	}{
-		{AnnotationLeaseDuration, &c.Timing.LeaseDuration},
-		{AnnotationRenewDeadline, &c.Timing.RenewDeadline},
-		{AnnotationRenewPeriod, &c.Timing.RenewPeriod},
-		{AnnotationRetryPeriod, &c.Timing.RetryPeriod},
+		{AnnotationLeaseDuration, &c.Timing.LeaseDuration, "a positive Go duration up to 1h in whole seconds, such as 15s"},
+		{AnnotationRenewDeadline, &c.Timing.RenewDeadline, anyDuration},
+		{AnnotationRenewPeriod, &c.Timing.RenewPeriod, anyDuration},
+		{AnnotationRetryPeriod, &c.Timing.RetryPeriod, anyDuration},
 	}
 	timingSet := false
 	for _, d := range durations {
@@ -153,16 +158,17 @@ func podConfig(base Config, annotations map[string]string) (Config, error) {
 		}
 		parsed, err := time.ParseDuration(v)
 		if err != nil || parsed <= 0 || parsed > time.Hour {
-			bad(d.key, "a positive Go duration up to 1h, such as 15s or 1500ms")
+			bad(d.key, d.allowed)
 			continue
 		}
 		*d.d = parsed
 		timingSet = true
 	}
 	if timingSet {
+		// The side-car's own rules and message: a timing admitted here is one it starts with.
 		if err := c.Timing.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("annotations %s, %s, %s, %s: %w (lease duration > renew deadline > renew period ≥ retry period)",
-				AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRenewPeriod, AnnotationRetryPeriod, err))
+			errs = append(errs, fmt.Errorf("annotations %s, %s, %s, %s: %w (lease duration > renew deadline > renew period ≥ retry period ≥ %s)",
+				AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRenewPeriod, AnnotationRetryPeriod, err, contract.MinRetryPeriod))
 		}
 	}
 	return c, errors.Join(errs...)

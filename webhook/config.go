@@ -3,10 +3,14 @@ package webhook
 import (
 	"errors"
 	"fmt"
-	"time"
+	"maps"
+	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/metaparticle-io/sync/internal/contract"
 )
 
 // Mode says how the side-car is added to a Pod.
@@ -24,46 +28,6 @@ const (
 	ModeClassic Mode = "classic"
 )
 
-// Timing is the side-car's Lease timing. Every field must be positive and
-// LeaseDuration > RenewDeadline > RenewPeriod ≥ RetryPeriod.
-type Timing struct {
-	// LeaseDuration is how long other side-cars wait, from when they last saw a holder renew,
-	// before taking over from a holder that vanished without releasing. Default 15s.
-	LeaseDuration time.Duration
-	// RenewDeadline is how long a holder keeps trying to renew before it tells its application
-	// that the hold is lost. Default 10s.
-	RenewDeadline time.Duration
-	// RenewPeriod is how often a holder renews. Default 5s (12 writes a minute per held lock).
-	RenewPeriod time.Duration
-	// RetryPeriod is how soon a failed renewal is retried. Default 1s.
-	RetryPeriod time.Duration
-}
-
-// DefaultTiming is the side-car's default timing.
-var DefaultTiming = Timing{
-	LeaseDuration: 15 * time.Second,
-	RenewDeadline: 10 * time.Second,
-	RenewPeriod:   5 * time.Second,
-	RetryPeriod:   1 * time.Second,
-}
-
-// Validate reports the first rule t breaks.
-func (t Timing) Validate() error {
-	switch {
-	case t.RetryPeriod <= 0:
-		return fmt.Errorf("retry period %s must be positive", t.RetryPeriod)
-	case t.RenewPeriod < t.RetryPeriod:
-		return fmt.Errorf("renew period %s must be at least the retry period %s", t.RenewPeriod, t.RetryPeriod)
-	case t.RenewDeadline <= t.RenewPeriod:
-		return fmt.Errorf("renew deadline %s must be longer than the renew period %s", t.RenewDeadline, t.RenewPeriod)
-	case t.LeaseDuration <= t.RenewDeadline:
-		return fmt.Errorf("lease duration %s must be longer than the renew deadline %s", t.LeaseDuration, t.RenewDeadline)
-	case t.LeaseDuration%time.Second != 0:
-		return fmt.Errorf("lease duration %s must be a whole number of seconds (Leases store seconds)", t.LeaseDuration)
-	}
-	return nil
-}
-
 // Config is what the injector adds to Pods. Build it with DefaultConfig and change what differs;
 // NewInjector validates it.
 type Config struct {
@@ -73,16 +37,18 @@ type Config struct {
 	ImagePullPolicy corev1.PullPolicy
 	// Mode is the default injection mode, overridden per Pod by AnnotationMode. Default native.
 	Mode Mode
-	// Port is the side-car's lock API port on 127.0.0.1; its health and metrics port is Port+1.
-	// Default 13131, the original Metaparticle elector's port.
+	// Port is the side-car's lock API port on 127.0.0.1; its health and metrics port is
+	// contract.HealthPort(Port), the next one. Default 13131, the original Metaparticle
+	// elector's port.
 	Port int32
 	// Resources of the side-car container. Default requests 10m CPU / 32Mi memory, limits
 	// 200m CPU / 64Mi memory.
 	Resources corev1.ResourceRequirements
-	// Timing is the side-car's Lease timing. Default DefaultTiming.
-	Timing Timing
-	// LogLevel of the side-car: info (every state change) or debug (also lost races and every
-	// renewal). Default info.
+	// Timing is the side-car's Lease timing, validated with the side-car's own rules
+	// (contract.Timing.Validate); a zero field means its default. Default contract.DefaultTiming.
+	Timing contract.Timing
+	// LogLevel of the side-car, a name in contract.LogLevels: info (every state change) or
+	// debug (also lost races and every renewal). Default info.
 	LogLevel string
 	// RunAsUser and RunAsGroup of the side-car: they must match the image's non-root user.
 	// Default 65532 (the distroless "nonroot" user).
@@ -109,7 +75,7 @@ func DefaultConfig(image string) Config {
 				corev1.ResourceMemory: resource.MustParse("64Mi"),
 			},
 		},
-		Timing:             DefaultTiming,
+		Timing:             contract.DefaultTiming,
 		LogLevel:           "info",
 		RunAsUser:          65532,
 		RunAsGroup:         65532,
@@ -117,7 +83,8 @@ func DefaultConfig(image string) Config {
 	}
 }
 
-// Validate reports every problem with c.
+// Validate reports every problem with c, in one error; of the timing, the first rule it breaks,
+// with the side-car's message.
 func (c Config) Validate() error {
 	var errs []error
 	if c.Image == "" {
@@ -137,13 +104,14 @@ func (c Config) Validate() error {
 	if err := c.Timing.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if !validLogLevel(c.LogLevel) {
-		errs = append(errs, fmt.Errorf("log level %q must be one of %v", c.LogLevel, logLevels))
+	if _, ok := contract.LogLevels[c.LogLevel]; !ok {
+		errs = append(errs, fmt.Errorf("log level %q must be one of %s", c.LogLevel, logLevelNames()))
 	}
 	if c.RunAsUser <= 0 || c.RunAsGroup <= 0 {
 		errs = append(errs, fmt.Errorf("side-car user and group (%d:%d) must be non-root", c.RunAsUser, c.RunAsGroup))
 	}
-	for name, q := range c.Resources.Requests {
+	for _, name := range slices.Sorted(maps.Keys(c.Resources.Requests)) {
+		q := c.Resources.Requests[name]
 		if l, ok := c.Resources.Limits[name]; ok && q.Cmp(l) > 0 {
 			errs = append(errs, fmt.Errorf("%s request %s exceeds its limit %s", name, q.String(), l.String()))
 		}
@@ -151,23 +119,17 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-var logLevels = []string{"info", "debug"}
-
-// sidecarVerbosity maps LogLevel to the side-car's numeric verbosity.
-var sidecarVerbosity = map[string]string{"info": "0", "debug": "2"}
-
-func validLogLevel(s string) bool {
-	for _, l := range logLevels {
-		if s == l {
-			return true
-		}
-	}
-	return false
+// logLevelNames lists the names of contract.LogLevels, sorted, for error messages.
+func logLevelNames() string {
+	return strings.Join(slices.Sorted(maps.Keys(contract.LogLevels)), ", ")
 }
+
+// maxPort is the highest TCP port.
+const maxPort = 65535
 
 // validPort accepts unprivileged ports that leave room for the health port above them.
 func validPort(p int64) error {
-	if p < 1024 || p > 65534 {
+	if p < 1024 || p > maxPort || int64(contract.HealthPort(int32(p))) > maxPort {
 		return fmt.Errorf("port %d must be between 1024 and 65534 (the health port is port+1)", p)
 	}
 	return nil

@@ -36,30 +36,44 @@ func fuzzPod(values []string, hostNetwork bool, extraContainers uint8) *corev1.P
 	return pod
 }
 
-// checkInjectInvariants is what must hold for every input: a denial leaves the Pod unchanged; an
-// injection adds exactly one side-car and the status annotation; a second run changes nothing.
+// checkInjectInvariants is what must hold for every input: a denial leaves the Pod unchanged and
+// returns the zero Result; a skip leaves it unchanged; an injection adds exactly one side-car and
+// the status annotation; a second run changes nothing and says the Pod was injected already.
 func checkInjectInvariants(t *testing.T, pod *corev1.Pod) (injected bool) {
 	before := pod.DeepCopy()
 	after := pod.DeepCopy()
-	_, err := webhook.Inject(after, webhook.DefaultConfig(testImage))
+	res, err := webhook.Inject(after, webhook.DefaultConfig(testImage))
 	if err != nil {
 		if !equality.Semantic.DeepEqual(before, after) {
 			t.Fatalf("got Pod changed with error %v; want it unchanged", err)
 		}
-		return false
-	}
-	if after.Annotations[webhook.AnnotationStatus] != webhook.StatusInjected {
-		if !equality.Semantic.DeepEqual(before, after) {
-			t.Fatalf("got Pod changed without the status annotation; want it unchanged")
+		if res.Action != "" || res.Warnings != nil {
+			t.Fatalf("got result %+v with error %v; want the zero Result", res, err)
 		}
 		return false
+	}
+	switch res.Action {
+	case webhook.ActionInjected:
+	case webhook.ActionNotOptedIn, webhook.ActionAlreadyInjected:
+		if !equality.Semantic.DeepEqual(before, after) {
+			t.Fatalf("got Pod changed with action %q; want it unchanged", res.Action)
+		}
+		return false
+	default:
+		t.Fatalf("got action %q without error; want %q, %q or %q", res.Action,
+			webhook.ActionInjected, webhook.ActionNotOptedIn, webhook.ActionAlreadyInjected)
+	}
+	if got := after.Annotations[webhook.AnnotationStatus]; got != webhook.StatusInjected {
+		t.Fatalf("got status annotation %q after an injection; want %q", got, webhook.StatusInjected)
 	}
 	if n := countSidecars(after); n != 1 {
 		t.Fatalf("got %d side-cars; want 1", n)
 	}
 	again := after.DeepCopy()
-	if _, err := webhook.Inject(again, webhook.DefaultConfig(testImage)); err != nil || !equality.Semantic.DeepEqual(after, again) {
-		t.Fatalf("got error %v or a change on re-injection; want neither", err)
+	res, err = webhook.Inject(again, webhook.DefaultConfig(testImage))
+	if err != nil || res.Action != webhook.ActionAlreadyInjected || !equality.Semantic.DeepEqual(after, again) {
+		t.Fatalf("got error %v, action %q, changed=%v on re-injection; want no error, %q, unchanged",
+			err, res.Action, !equality.Semantic.DeepEqual(after, again), webhook.ActionAlreadyInjected)
 	}
 	return true
 }
@@ -70,6 +84,7 @@ func FuzzInject(f *testing.F) {
 	f.Add("true", "native", "1", " ", "-1", "lots", "soon", "1h", "loud", true, uint8(1))
 	f.Add("yes", "", "", "", "", "", "", "", "", false, uint8(0))
 	f.Add("true", "", "65534", "", "1e3", "1Ei", "1ns", "999h", "", true, uint8(3))
+	f.Add("true", "", "", "", "", "", "1500ms", "1s", "", false, uint8(0))
 	f.Fuzz(func(t *testing.T, inject, mode, port, image, cpu, mem, lease, deadline, level string, hostNetwork bool, extra uint8) {
 		checkInjectInvariants(t, fuzzPod([]string{inject, mode, port, image, cpu, mem, lease, deadline, level}, hostNetwork, extra))
 	})

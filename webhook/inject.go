@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -17,46 +18,61 @@ const SidecarName = "metaparticle-sync"
 // HealthPortName names the side-car's health and metrics port.
 const HealthPortName = "sync-health"
 
-// Environment variables the side-car reads (cmd/elector --help lists them with its flags). The
-// injector cannot import the side-car's package, so webhook's tests check these names against the
-// side-car's settings. The lock API address is wire.EnvAddress, the same variable the application
-// reads.
+// Action is what Inject did to a Pod.
+type Action string
+
+// Actions of Inject.
 const (
-	EnvPodName       = "METAPARTICLE_SYNC_POD_NAME"
-	EnvPodNamespace  = "METAPARTICLE_SYNC_POD_NAMESPACE"
-	EnvPodUID        = "METAPARTICLE_SYNC_POD_UID"
-	EnvHealthAddress = "METAPARTICLE_SYNC_HEALTH_ADDR"
-	EnvLeaseDuration = "METAPARTICLE_SYNC_LEASE_DURATION"
-	EnvRenewDeadline = "METAPARTICLE_SYNC_RENEW_DEADLINE"
-	EnvRenewPeriod   = "METAPARTICLE_SYNC_RENEW_PERIOD"
-	EnvRetryPeriod   = "METAPARTICLE_SYNC_RETRY_PERIOD"
-	EnvLogLevel      = "METAPARTICLE_SYNC_LOG_LEVEL"
+	// ActionInjected: the side-car was added and the Pod annotated AnnotationStatus.
+	ActionInjected Action = "injected"
+	// ActionNotOptedIn: the Pod does not ask for injection (no AnnotationInject, or "false");
+	// it was left unchanged.
+	ActionNotOptedIn Action = "not-opted-in"
+	// ActionAlreadyInjected: the Pod carries AnnotationStatus: StatusInjected (a reinvocation,
+	// or a Pod re-applied with the injector's output); it was left unchanged.
+	ActionAlreadyInjected Action = "already-injected"
 )
 
-// Inject adds the side-car to pod as c and the Pod's annotations say, and returns warnings for the
-// user. It is a pure function of its inputs. It returns an error, which the webhook turns into a
-// denial, when an annotation is invalid or the Pod cannot take the side-car safely; the Pod is
-// then left unchanged. A Pod that does not ask for injection, or was injected already, is left
-// unchanged without error.
-func Inject(pod *corev1.Pod, c Config) (warnings []string, err error) {
+// Result is what Inject did to a Pod.
+type Result struct {
+	// Action says whether the side-car was added and, if not, why.
+	Action Action
+	// Warnings for the user (admission warnings); only an injection has any.
+	Warnings []string
+}
+
+// Inject adds the side-car to pod, in place, as c and the Pod's annotations say, and reports what
+// it did. It modifies pod's containers, init containers and annotations (the side-car, the lock
+// API address in every container that does not set it, AnnotationStatus), and nothing else: it
+// makes no API calls and reads no clock, so the same pod and c always give the same result.
+//
+// It returns an error, which the webhook turns into a denial, when an annotation is invalid or the
+// Pod cannot take the side-car safely; pod is then left unchanged and the Result is zero. A Pod
+// that does not ask for injection, or was injected already, is left unchanged without error, and
+// the Result's Action says which.
+func Inject(pod *corev1.Pod, c Config) (Result, error) {
 	want, err := wantsInjection(pod.Annotations)
-	if err != nil || !want {
-		return nil, err
+	if err != nil {
+		return Result{}, err
+	}
+	if !want {
+		return Result{Action: ActionNotOptedIn}, nil
 	}
 	if pod.Annotations[AnnotationStatus] == StatusInjected {
-		return nil, nil
+		return Result{Action: ActionAlreadyInjected}, nil
 	}
 	if containerNamed(pod.Spec.InitContainers, SidecarName) || containerNamed(pod.Spec.Containers, SidecarName) {
-		return nil, fmt.Errorf("the Pod already has a container named %q but no %s annotation: rename that container, or remove %s=%q",
+		return Result{}, fmt.Errorf("the Pod already has a container named %q but no %s annotation: rename that container, or remove %s=%q",
 			SidecarName, AnnotationStatus, AnnotationInject, "true")
 	}
 	c, err = podConfig(c, pod.Annotations)
 	if err != nil {
-		return nil, err
+		return Result{}, err
 	}
+	var warnings []string
 	if pod.Spec.HostNetwork {
 		if _, ok := pod.Annotations[AnnotationPort]; !ok {
-			return nil, fmt.Errorf("the Pod uses hostNetwork, so its side-car would listen on the node's loopback, shared with every other host-network Pod on the node: "+
+			return Result{}, fmt.Errorf("the Pod uses hostNetwork, so its side-car would listen on the node's loopback, shared with every other host-network Pod on the node: "+
 				"set the %s annotation to a port reserved for this Pod to accept that, or do not use hostNetwork", AnnotationPort)
 		}
 		warnings = append(warnings, fmt.Sprintf("hostNetwork Pod: the side-car's lock API on 127.0.0.1:%d is reachable by every process on the node", c.Port))
@@ -86,12 +102,12 @@ func Inject(pod *corev1.Pod, c Config) (warnings []string, err error) {
 		pod.Annotations = map[string]string{}
 	}
 	pod.Annotations[AnnotationStatus] = StatusInjected
-	return warnings, nil
+	return Result{Action: ActionInjected, Warnings: warnings}, nil
 }
 
 // sidecarContainer builds the side-car container for c.
 func sidecarContainer(c Config) corev1.Container {
-	healthPort := c.Port + 1
+	healthPort := contract.HealthPort(c.Port)
 	probe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
@@ -113,16 +129,16 @@ func sidecarContainer(c Config) corev1.Container {
 		Image:           c.Image,
 		ImagePullPolicy: c.ImagePullPolicy,
 		Env: []corev1.EnvVar{
-			fieldEnv(EnvPodName, "metadata.name"),
-			fieldEnv(EnvPodNamespace, "metadata.namespace"),
-			fieldEnv(EnvPodUID, "metadata.uid"),
+			fieldEnv(contract.EnvPodName, "metadata.name"),
+			fieldEnv(contract.EnvPodNamespace, "metadata.namespace"),
+			fieldEnv(contract.EnvPodUID, "metadata.uid"),
 			{Name: wire.EnvAddress, Value: "127.0.0.1:" + strconv.Itoa(int(c.Port))},
-			{Name: EnvHealthAddress, Value: ":" + strconv.Itoa(int(healthPort))},
-			{Name: EnvLeaseDuration, Value: c.Timing.LeaseDuration.String()},
-			{Name: EnvRenewDeadline, Value: c.Timing.RenewDeadline.String()},
-			{Name: EnvRenewPeriod, Value: c.Timing.RenewPeriod.String()},
-			{Name: EnvRetryPeriod, Value: c.Timing.RetryPeriod.String()},
-			{Name: EnvLogLevel, Value: sidecarVerbosity[c.LogLevel]},
+			{Name: contract.EnvHealthAddress, Value: ":" + strconv.Itoa(int(healthPort))},
+			{Name: contract.EnvLeaseDuration, Value: c.Timing.LeaseDuration.String()},
+			{Name: contract.EnvRenewDeadline, Value: c.Timing.RenewDeadline.String()},
+			{Name: contract.EnvRenewPeriod, Value: c.Timing.RenewPeriod.String()},
+			{Name: contract.EnvRetryPeriod, Value: c.Timing.RetryPeriod.String()},
+			{Name: contract.EnvLogLevel, Value: strconv.Itoa(contract.LogLevels[c.LogLevel])},
 		},
 		Ports: []corev1.ContainerPort{{Name: HealthPortName, ContainerPort: healthPort, Protocol: corev1.ProtocolTCP}},
 		// The startup probe gates the application containers (native mode): they start once the

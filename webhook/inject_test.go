@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/utils/ptr"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/webhook"
 	"github.com/metaparticle-io/sync/wire"
 )
@@ -16,13 +18,20 @@ import (
 const testImage = "example.test/metaparticle-sync/elector:v0"
 
 // check inspects the result of Inject.
-type check func(t *testing.T, before, after *corev1.Pod, warnings []string, err error)
+type check func(t *testing.T, before, after *corev1.Pod, res webhook.Result, err error)
 
-func unchanged() check {
-	return func(t *testing.T, before, after *corev1.Pod, _ []string, err error) {
+// skipped checks that Inject left the Pod unchanged without error and said why.
+func skipped(why webhook.Action) check {
+	return func(t *testing.T, before, after *corev1.Pod, res webhook.Result, err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatalf("got error %v; want none", err)
+		}
+		if res.Action != why {
+			t.Errorf("got action %q; want %q", res.Action, why)
+		}
+		if len(res.Warnings) != 0 {
+			t.Errorf("got warnings %q; want none", res.Warnings)
 		}
 		if !equality.Semantic.DeepEqual(before, after) {
 			t.Errorf("got Pod changed; want it unchanged")
@@ -31,15 +40,18 @@ func unchanged() check {
 }
 
 func deniedWith(fragments ...string) check {
-	return func(t *testing.T, before, after *corev1.Pod, _ []string, err error) {
+	return func(t *testing.T, before, after *corev1.Pod, res webhook.Result, err error) {
 		t.Helper()
 		if err == nil {
-			t.Fatalf("got no error; want a denial mentioning %q", fragments)
+			t.Fatalf("got no error (action %q); want a denial mentioning %q", res.Action, fragments)
 		}
 		for _, f := range fragments {
 			if !strings.Contains(err.Error(), f) {
 				t.Errorf("got error %q; want it to mention %q", err, f)
 			}
+		}
+		if res.Action != "" || res.Warnings != nil {
+			t.Errorf("got result %+v with the denial; want the zero Result", res)
 		}
 		if !equality.Semantic.DeepEqual(before, after) {
 			t.Errorf("got Pod changed on denial; want it unchanged")
@@ -48,10 +60,13 @@ func deniedWith(fragments ...string) check {
 }
 
 func injectedAs(mode webhook.Mode) check {
-	return func(t *testing.T, _, after *corev1.Pod, _ []string, err error) {
+	return func(t *testing.T, _, after *corev1.Pod, res webhook.Result, err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatalf("got error %v; want injection", err)
+		}
+		if res.Action != webhook.ActionInjected {
+			t.Errorf("got action %q; want %q", res.Action, webhook.ActionInjected)
 		}
 		if got := after.Annotations[webhook.AnnotationStatus]; got != webhook.StatusInjected {
 			t.Errorf("got status annotation %q; want %q", got, webhook.StatusInjected)
@@ -87,7 +102,7 @@ func injectedAs(mode webhook.Mode) check {
 		if s.StartupProbe == nil || s.ReadinessProbe == nil {
 			t.Errorf("got startup probe %v, readiness probe %v; want both", s.StartupProbe, s.ReadinessProbe)
 		}
-		for _, name := range []string{webhook.EnvPodName, webhook.EnvPodNamespace, webhook.EnvPodUID} {
+		for _, name := range []string{contract.EnvPodName, contract.EnvPodNamespace, contract.EnvPodUID} {
 			e := envNamed(s.Env, name)
 			if e == nil || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil {
 				t.Errorf("got side-car env %s = %+v; want a downward API fieldRef", name, e)
@@ -97,7 +112,7 @@ func injectedAs(mode webhook.Mode) check {
 }
 
 func appEnv(container, want string) check {
-	return func(t *testing.T, _, after *corev1.Pod, _ []string, _ error) {
+	return func(t *testing.T, _, after *corev1.Pod, _ webhook.Result, _ error) {
 		t.Helper()
 		for _, cs := range [][]corev1.Container{after.Spec.InitContainers, after.Spec.Containers} {
 			for _, c := range cs {
@@ -116,7 +131,7 @@ func appEnv(container, want string) check {
 }
 
 func sidecarEnv(name, want string) check {
-	return func(t *testing.T, _, after *corev1.Pod, _ []string, _ error) {
+	return func(t *testing.T, _, after *corev1.Pod, _ webhook.Result, _ error) {
 		t.Helper()
 		s, _ := sidecar(after)
 		if e := envNamed(s.Env, name); e == nil || e.Value != want {
@@ -126,7 +141,7 @@ func sidecarEnv(name, want string) check {
 }
 
 func sidecarField(desc string, got func(corev1.Container) string, want string) check {
-	return func(t *testing.T, _, after *corev1.Pod, _ []string, _ error) {
+	return func(t *testing.T, _, after *corev1.Pod, _ webhook.Result, _ error) {
 		t.Helper()
 		s, _ := sidecar(after)
 		if g := got(s); g != want {
@@ -136,22 +151,22 @@ func sidecarField(desc string, got func(corev1.Container) string, want string) c
 }
 
 func warned(fragment string) check {
-	return func(t *testing.T, _, _ *corev1.Pod, warnings []string, _ error) {
+	return func(t *testing.T, _, _ *corev1.Pod, res webhook.Result, _ error) {
 		t.Helper()
-		for _, w := range warnings {
+		for _, w := range res.Warnings {
 			if strings.Contains(w, fragment) {
 				return
 			}
 		}
-		t.Errorf("got warnings %q; want one mentioning %q", warnings, fragment)
+		t.Errorf("got warnings %q; want one mentioning %q", res.Warnings, fragment)
 	}
 }
 
 func noWarnings() check {
-	return func(t *testing.T, _, _ *corev1.Pod, warnings []string, _ error) {
+	return func(t *testing.T, _, _ *corev1.Pod, res webhook.Result, _ error) {
 		t.Helper()
-		if len(warnings) != 0 {
-			t.Errorf("got warnings %q; want none", warnings)
+		if len(res.Warnings) != 0 {
+			t.Errorf("got warnings %q; want none", res.Warnings)
 		}
 	}
 }
@@ -167,19 +182,19 @@ func TestInject(t *testing.T) {
 		pod    *corev1.Pod
 		checks []check
 	}{
-		{"no annotation", newPod(), []check{unchanged()}},
-		{"opted out", newPod(annotated(webhook.AnnotationInject, "false")), []check{unchanged()}},
+		{"no annotation", newPod(), []check{skipped(webhook.ActionNotOptedIn)}},
+		{"opted out", newPod(annotated(webhook.AnnotationInject, "false")), []check{skipped(webhook.ActionNotOptedIn)}},
 		{"bad opt-in value", newPod(annotated(webhook.AnnotationInject, "yes")),
 			[]check{deniedWith(webhook.AnnotationInject, `"yes"`, `"true"`, `"false"`)}},
 		{"plain Pod", newPod(optedIn()), []check{injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:13131"),
-			sidecarEnv(wire.EnvAddress, "127.0.0.1:13131"), sidecarEnv(webhook.EnvHealthAddress, ":13132"),
-			sidecarEnv(webhook.EnvLeaseDuration, "15s"), noWarnings()}},
+			sidecarEnv(wire.EnvAddress, "127.0.0.1:13131"), sidecarEnv(contract.EnvHealthAddress, ":13132"),
+			sidecarEnv(contract.EnvLeaseDuration, "15s"), sidecarEnv(contract.EnvLogLevel, "0"), noWarnings()}},
 		{"several containers and init containers", newPod(optedIn(), withContainer("worker"), withInitContainer("migrate")),
 			[]check{injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:13131"), appEnv("worker", "127.0.0.1:13131"),
 				appEnv("migrate", "127.0.0.1:13131")}},
 		{"user's address wins", newPod(optedIn(), withContainer("custom", corev1.EnvVar{Name: wire.EnvAddress, Value: "127.0.0.1:9"})),
 			[]check{injectedAs(webhook.ModeNative), appEnv("custom", "127.0.0.1:9"), appEnv("app", "127.0.0.1:13131")}},
-		{"already injected", already, []check{unchanged()}},
+		{"already injected", already, []check{skipped(webhook.ActionAlreadyInjected)}},
 		{"foreign container with the side-car's name", newPod(optedIn(), withContainer(webhook.SidecarName)),
 			[]check{deniedWith(webhook.SidecarName, webhook.AnnotationStatus)}},
 		{"classic mode", newPod(optedIn(), annotated(webhook.AnnotationMode, "classic")), []check{injectedAs(webhook.ModeClassic)}},
@@ -193,10 +208,10 @@ func TestInject(t *testing.T) {
 			webhook.AnnotationRenewPeriod, "4s", webhook.AnnotationRetryPeriod, "500ms",
 		)), []check{
 			injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:14000"),
-			sidecarEnv(wire.EnvAddress, "127.0.0.1:14000"), sidecarEnv(webhook.EnvHealthAddress, ":14001"),
-			sidecarEnv(webhook.EnvLogLevel, "2"), sidecarEnv(webhook.EnvLeaseDuration, "20s"),
-			sidecarEnv(webhook.EnvRenewDeadline, "12s"), sidecarEnv(webhook.EnvRenewPeriod, "4s"),
-			sidecarEnv(webhook.EnvRetryPeriod, "500ms"),
+			sidecarEnv(wire.EnvAddress, "127.0.0.1:14000"), sidecarEnv(contract.EnvHealthAddress, ":14001"),
+			sidecarEnv(contract.EnvLogLevel, "2"), sidecarEnv(contract.EnvLeaseDuration, "20s"),
+			sidecarEnv(contract.EnvRenewDeadline, "12s"), sidecarEnv(contract.EnvRenewPeriod, "4s"),
+			sidecarEnv(contract.EnvRetryPeriod, "500ms"),
 			sidecarField("image", func(c corev1.Container) string { return c.Image }, "example.test/other:v2"),
 			sidecarField("cpu request", func(c corev1.Container) string { return c.Resources.Requests.Cpu().String() }, "50m"),
 			sidecarField("cpu limit", func(c corev1.Container) string { return c.Resources.Limits.Cpu().String() }, "1"),
@@ -213,7 +228,7 @@ func TestInject(t *testing.T) {
 		{"port not a number", newPod(optedIn(), annotated(webhook.AnnotationPort, "http")),
 			[]check{deniedWith(webhook.AnnotationPort, `"http"`)}},
 		{"bad log level", newPod(optedIn(), annotated(webhook.AnnotationLogLevel, "loud")),
-			[]check{deniedWith(webhook.AnnotationLogLevel, `"loud"`, "info, debug")}},
+			[]check{deniedWith(webhook.AnnotationLogLevel, `"loud"`, "one of debug, info")}},
 		{"bad quantity", newPod(optedIn(), annotated(webhook.AnnotationMemoryLimit, "lots")),
 			[]check{deniedWith(webhook.AnnotationMemoryLimit, `"lots"`, "64Mi")}},
 		{"negative quantity", newPod(optedIn(), annotated(webhook.AnnotationCPURequest, "-1")),
@@ -222,8 +237,33 @@ func TestInject(t *testing.T) {
 			[]check{deniedWith("memory request 1Gi exceeds its limit 64Mi")}},
 		{"bad duration", newPod(optedIn(), annotated(webhook.AnnotationLeaseDuration, "soon")),
 			[]check{deniedWith(webhook.AnnotationLeaseDuration, `"soon"`, "15s")}},
+		{"duration above 1h", newPod(optedIn(), annotated(webhook.AnnotationLeaseDuration, "2h")),
+			[]check{deniedWith(webhook.AnnotationLeaseDuration, `"2h"`, "up to 1h in whole seconds")}},
+		{"zero duration", newPod(optedIn(), annotated(webhook.AnnotationRetryPeriod, "0s")),
+			[]check{deniedWith(webhook.AnnotationRetryPeriod, `"0s"`, "positive")}},
+		// The side-car's timing rules (contract.Timing.Validate), with its messages.
 		{"timing out of order", newPod(optedIn(), annotated(webhook.AnnotationRenewDeadline, "30s")),
-			[]check{deniedWith(webhook.AnnotationLeaseDuration, "lease duration 15s must be longer than the renew deadline 30s")}},
+			[]check{deniedWith(webhook.AnnotationLeaseDuration, webhook.AnnotationRetryPeriod,
+				"renew deadline 30s must be less than lease duration 15s")}},
+		{"retry period below the side-car's minimum", newPod(optedIn(), annotated(webhook.AnnotationRetryPeriod, "5ms")),
+			[]check{deniedWith(webhook.AnnotationRetryPeriod, "retry period 5ms must be at least 10ms")}},
+		{"retry period just below the minimum", newPod(optedIn(), annotated(webhook.AnnotationRetryPeriod, "9ms")),
+			[]check{deniedWith(webhook.AnnotationRetryPeriod, "retry period 9ms must be at least 10ms")}},
+		{"retry period at the minimum", newPod(optedIn(), annotated(webhook.AnnotationRetryPeriod, "10ms")),
+			[]check{injectedAs(webhook.ModeNative), sidecarEnv(contract.EnvRetryPeriod, "10ms")}},
+		{"retry period above renew period", newPod(optedIn(), annotated(webhook.AnnotationRetryPeriod, "6s")),
+			[]check{deniedWith(webhook.AnnotationRetryPeriod, "retry period 6s must not exceed renew period 5s")}},
+		{"retry period equal to renew period", newPod(optedIn(), annotated(webhook.AnnotationRetryPeriod, "5s")),
+			[]check{injectedAs(webhook.ModeNative), sidecarEnv(contract.EnvRetryPeriod, "5s")}},
+		{"renew period not below renew deadline", newPod(optedIn(), annotated(webhook.AnnotationRenewPeriod, "10s")),
+			[]check{deniedWith(webhook.AnnotationRenewPeriod, "renew period 10s must be less than renew deadline 10s")}},
+		{"lease duration not whole seconds", newPod(optedIn(), annotated(webhook.AnnotationLeaseDuration, "1500ms")),
+			[]check{deniedWith(webhook.AnnotationLeaseDuration, "lease duration 1.5s must be a whole number of seconds")}},
+		{"lease duration below 1s", newPod(optedIn(), annotated(webhook.AnnotationLeaseDuration, "500ms",
+			webhook.AnnotationRenewDeadline, "400ms", webhook.AnnotationRenewPeriod, "300ms", webhook.AnnotationRetryPeriod, "100ms")),
+			[]check{deniedWith(webhook.AnnotationLeaseDuration, "lease duration 500ms must lie within [1s, 1h0m0s]")}},
+		{"lease duration at 1h", newPod(optedIn(), annotated(webhook.AnnotationLeaseDuration, "1h")),
+			[]check{injectedAs(webhook.ModeNative), sidecarEnv(contract.EnvLeaseDuration, "1h0m0s")}},
 		{"every bad annotation named", newPod(optedIn(), annotated(webhook.AnnotationPort, "1", webhook.AnnotationImage, "a b")),
 			[]check{deniedWith(webhook.AnnotationPort, webhook.AnnotationImage)}},
 		{"hostNetwork without a port", newPod(optedIn(), withHostNetwork()),
@@ -237,9 +277,9 @@ func TestInject(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			before := tt.pod.DeepCopy()
 			after := tt.pod.DeepCopy()
-			warnings, err := webhook.Inject(after, webhook.DefaultConfig(testImage))
+			res, err := webhook.Inject(after, webhook.DefaultConfig(testImage))
 			for _, c := range tt.checks {
-				c(t, before, after, warnings, err)
+				c(t, before, after, res, err)
 			}
 		})
 	}
@@ -279,12 +319,20 @@ func TestConfigValidate(t *testing.T) {
 		{"privileged port", func(c *webhook.Config) { c.Port = 80 }, "port 80"},
 		{"root user", func(c *webhook.Config) { c.RunAsUser = 0 }, "non-root"},
 		{"bad log level", func(c *webhook.Config) { c.LogLevel = "trace" }, "trace"},
+		{"bad log level lists the levels sorted", func(c *webhook.Config) { c.LogLevel = "trace" }, `log level "trace" must be one of debug, info`},
+		{"highest port", func(c *webhook.Config) { c.Port = 65534 }, ""},
+		{"no room for the health port", func(c *webhook.Config) { c.Port = 65535 }, "port 65535 must be between 1024 and 65534"},
+		// The side-car's timing rules (contract.Timing.Validate), with its messages.
 		{"renew deadline not below lease", func(c *webhook.Config) { c.Timing.RenewDeadline = c.Timing.LeaseDuration },
-			"lease duration 15s must be longer than the renew deadline 15s"},
-		{"renew period not below deadline", func(c *webhook.Config) { c.Timing.RenewPeriod = 10e9 }, "renew deadline 10s must be longer than the renew period 10s"},
-		{"retry above renew period", func(c *webhook.Config) { c.Timing.RetryPeriod = 6e9 }, "renew period 5s must be at least the retry period 6s"},
-		{"zero retry", func(c *webhook.Config) { c.Timing.RetryPeriod = 0 }, "retry period 0s must be positive"},
-		{"fractional lease", func(c *webhook.Config) { c.Timing.LeaseDuration = 15500e6 }, "whole number of seconds"},
+			"renew deadline 15s must be less than lease duration 15s"},
+		{"renew period not below deadline", func(c *webhook.Config) { c.Timing.RenewPeriod = 10 * time.Second }, "renew period 10s must be less than renew deadline 10s"},
+		{"retry above renew period", func(c *webhook.Config) { c.Timing.RetryPeriod = 6 * time.Second }, "retry period 6s must not exceed renew period 5s"},
+		{"retry below 10ms", func(c *webhook.Config) { c.Timing.RetryPeriod = 5 * time.Millisecond }, "retry period 5ms must be at least 10ms"},
+		{"retry at 10ms", func(c *webhook.Config) { c.Timing.RetryPeriod = 10 * time.Millisecond }, ""},
+		{"negative retry", func(c *webhook.Config) { c.Timing.RetryPeriod = -time.Second }, "durations must not be negative"},
+		{"zero retry means the default", func(c *webhook.Config) { c.Timing.RetryPeriod = 0 }, ""},
+		{"fractional lease", func(c *webhook.Config) { c.Timing.LeaseDuration = 15500 * time.Millisecond }, "lease duration 15.5s must be a whole number of seconds"},
+		{"lease above 1h", func(c *webhook.Config) { c.Timing.LeaseDuration = 2 * time.Hour }, "lease duration 2h0m0s must lie within [1s, 1h0m0s]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -298,6 +346,86 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("got error %v; want one containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestInjectZeroTimingMeansDefault: as for the side-car (contract.Timing), a zero duration in the
+// injector's configuration means its default, and the side-car is given the default explicitly.
+func TestInjectZeroTimingMeansDefault(t *testing.T) {
+	c := webhook.DefaultConfig(testImage)
+	c.Timing = contract.Timing{}
+	if _, err := webhook.NewInjector(c, nil); err != nil {
+		t.Fatalf("got error %v for a zero timing; want it accepted as the defaults", err)
+	}
+	for _, annotations := range [][]string{nil, {webhook.AnnotationRetryPeriod, "500ms"}} {
+		pod := newPod(optedIn(), annotated(annotations...))
+		if _, err := webhook.Inject(pod, c); err != nil {
+			t.Fatalf("annotations %q: got error %v; want injection", annotations, err)
+		}
+		want := contract.DefaultTiming
+		if annotations != nil {
+			want.RetryPeriod = 500 * time.Millisecond
+		}
+		s, _ := sidecar(pod)
+		for name, d := range map[string]time.Duration{
+			contract.EnvLeaseDuration: want.LeaseDuration, contract.EnvRenewDeadline: want.RenewDeadline,
+			contract.EnvRenewPeriod: want.RenewPeriod, contract.EnvRetryPeriod: want.RetryPeriod,
+		} {
+			if e := envNamed(s.Env, name); e == nil || e.Value != d.String() {
+				t.Errorf("annotations %q: got side-car env %s = %+v; want %q", annotations, name, e, d)
+			}
+		}
+	}
+}
+
+// TestInjectTimingIsTheSidecars proves, over a grid of timing annotations, that the injector
+// admits exactly the timings the side-car starts with (contract.Timing.Validate) and denies the
+// others with the side-car's own message.
+func TestInjectTimingIsTheSidecars(t *testing.T) {
+	values := []string{"", "5ms", "10ms", "500ms", "1s", "1500ms", "5s", "10s", "15s", "1h"}
+	keys := []string{webhook.AnnotationLeaseDuration, webhook.AnnotationRenewDeadline, webhook.AnnotationRenewPeriod, webhook.AnnotationRetryPeriod}
+	admitted, denied := 0, 0
+	idx := make([]int, len(keys))
+	for {
+		timing := contract.DefaultTiming
+		fields := []*time.Duration{&timing.LeaseDuration, &timing.RenewDeadline, &timing.RenewPeriod, &timing.RetryPeriod}
+		pod := newPod(optedIn())
+		for k, i := range idx {
+			if v := values[i]; v != "" {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					t.Fatal(err)
+				}
+				*fields[k] = d
+				annotated(keys[k], v)(pod)
+			}
+		}
+		want := timing.Validate()
+		_, err := webhook.Inject(pod, webhook.DefaultConfig(testImage))
+		switch {
+		case want == nil && err != nil:
+			t.Errorf("annotations %v: got denial %v; want admission (the side-car accepts %+v)", pod.Annotations, err, timing)
+		case want != nil && err == nil:
+			t.Errorf("annotations %v: got admission; want the side-car's refusal %q", pod.Annotations, want)
+		case want != nil && !strings.Contains(err.Error(), want.Error()):
+			t.Errorf("annotations %v: got denial %q; want it to contain the side-car's message %q", pod.Annotations, err, want)
+		case want == nil:
+			admitted++
+		default:
+			denied++
+		}
+		k := 0
+		for k < len(idx) && idx[k] == len(values)-1 {
+			idx[k] = 0
+			k++
+		}
+		if k == len(idx) {
+			break
+		}
+		idx[k]++
+	}
+	if admitted == 0 || denied == 0 {
+		t.Errorf("got %d admitted and %d denied timings; want some of each", admitted, denied)
 	}
 }
 

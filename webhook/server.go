@@ -10,11 +10,14 @@ import (
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 )
 
-// ServerOptions configure the injector's webhook server. The zero value is not valid.
+// ServerOptions configure the injector's webhook server. Zero fields get controller-runtime's
+// defaults: every interface, port 9443, certificates from
+// $TMPDIR/k8s-webhook-server/serving-certs.
 type ServerOptions struct {
 	// Host the webhook server listens on. Empty means every interface.
 	Host string
-	// Port the webhook server listens on (TLS). The chart's Service targets it. Default 9443.
+	// Port the webhook server listens on (TLS). The chart's Service targets it. Default (zero)
+	// 9443.
 	Port int
 	// CertDir holds tls.crt and tls.key. They are reloaded when they change on disk (as when
 	// cert-manager renews the Secret), without a restart.

@@ -3,10 +3,13 @@
 //
 // The work is split in three layers, each testable alone:
 //
-//   - Inject is a pure function from a Pod and a Config to the injected Pod (or a denial);
+//   - Inject adds the side-car to a Pod in place, as a Config and the Pod's annotations say, and
+//     reports what it did (or returns the denial, leaving the Pod unchanged); it calls no API and
+//     reads no clock, so the same Pod and Config always give the same result;
 //   - Injector implements controller-runtime's admission.Defaulter[*corev1.Pod]: it reads the
-//     admission request, calls Inject and checks the service account's Lease RBAC; the framework
-//     computes the JSON patch, none is written by hand;
+//     admission request, calls Inject on the decoded Pod and checks the service account's Lease
+//     RBAC; the framework computes the JSON patch from the Pod before and after, none is written
+//     by hand;
 //   - NewWebhook wraps it into an admission.Webhook that adds warnings and counts outcomes.
 //
 // What it does not guarantee: a Pod created while the injector is unreachable is refused when the
@@ -69,24 +72,23 @@ func NewInjector(config Config, access *AccessChecker) (*Injector, error) {
 
 var _ admission.Defaulter[*corev1.Pod] = (*Injector)(nil)
 
-// Default injects the side-car into pod when it asks for it. A returned error denies the Pod with
-// the error's text.
+// Default injects the side-car into pod, in place, when it asks for it. A returned error denies
+// the Pod with the error's text.
 func (in *Injector) Default(ctx context.Context, pod *corev1.Pod) error {
 	rec := recorderFrom(ctx)
 	log := logf.FromContext(ctx)
-	wasInjected := pod.Annotations[AnnotationStatus] == StatusInjected
-	warnings, err := Inject(pod, in.config)
+	res, err := Inject(pod, in.config)
 	if err != nil {
 		rec.outcome = OutcomeDenied
 		log.Info("denied", "reason", err.Error())
 		return err
 	}
-	if wasInjected || pod.Annotations[AnnotationStatus] != StatusInjected {
+	if res.Action != ActionInjected {
 		rec.outcome = OutcomeSkipped
 		return nil
 	}
 	rec.outcome = OutcomeInjected
-	rec.warnings = append(rec.warnings, warnings...)
+	rec.warnings = append(rec.warnings, res.Warnings...)
 
 	if in.access != nil {
 		namespace := pod.Namespace

@@ -105,6 +105,10 @@ func TestAdmissionHandler(t *testing.T) {
 	var calls atomic.Int32
 	h := newServer(t, &calls)
 	outcome := func(o string) float64 { return injectionsCounted(t, o) }
+	already := newPod(optedIn(), withServiceAccount("with-rbac"))
+	if _, err := webhook.Inject(already, webhook.DefaultConfig(testImage)); err != nil {
+		t.Fatalf("preparing an injected Pod: %v", err)
+	}
 
 	tests := []struct {
 		name        string
@@ -120,8 +124,11 @@ func TestAdmissionHandler(t *testing.T) {
 		{name: "opted in", body: review(t, newPod(optedIn(), withServiceAccount("with-rbac"))),
 			allowed: true, patched: true, outcome: webhook.OutcomeInjected},
 		{name: "not opted in", body: review(t, newPod()), allowed: true, outcome: webhook.OutcomeSkipped},
+		{name: "already injected", body: review(t, already), allowed: true, outcome: webhook.OutcomeSkipped},
 		{name: "bad annotation", body: review(t, newPod(annotated(webhook.AnnotationInject, "on"))),
 			code: http.StatusForbidden, message: `annotation metaparticle.io/sync: invalid value "on"`, outcome: webhook.OutcomeDenied},
+		{name: "timing the side-car refuses", body: review(t, newPod(optedIn(), annotated(webhook.AnnotationRetryPeriod, "5ms"))),
+			code: http.StatusForbidden, message: "retry period 5ms must be at least 10ms", outcome: webhook.OutcomeDenied},
 		{name: "no lease RBAC", body: review(t, newPod(optedIn(), withServiceAccount("bare"))), allowed: true, patched: true,
 			warning: "kubectl create rolebinding bare-metaparticle-sync --namespace ns --clusterrole metaparticle-sync-sidecar --serviceaccount ns:bare",
 			outcome: webhook.OutcomeInjected},

@@ -22,6 +22,7 @@
 package wire
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -162,6 +163,19 @@ type AcquireRequest struct {
 	TimeoutMillis int64 `json:"timeoutMillis,omitempty"`
 }
 
+// Validate reports, as a CodeInvalidTimeout error, a request whose fields are out of range.
+func (r AcquireRequest) Validate() error {
+	switch {
+	case r.TimeoutMillis < 0:
+		return Errorf(CodeInvalidTimeout, "timeoutMillis %d is negative: use 0 to wait without a bound", r.TimeoutMillis)
+	case r.TimeoutMillis > MaxTimeout.Milliseconds():
+		return Errorf(CodeInvalidTimeout, "timeoutMillis %d exceeds the maximum %d (%s)", r.TimeoutMillis, MaxTimeout.Milliseconds(), MaxTimeout)
+	case r.Try && r.TimeoutMillis != 0:
+		return Errorf(CodeInvalidTimeout, "timeoutMillis must be 0 when try is true: a try does not wait")
+	}
+	return nil
+}
+
 // Grant describes a hold: the response to a successful acquire, and the payload of
 // EventElected.
 type Grant struct {
@@ -271,3 +285,21 @@ type Error struct {
 
 // Error implements the error interface.
 func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
+
+// Errorf returns an *Error with code and a formatted message.
+func Errorf(code ErrorCode, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// CodeOf returns the ErrorCode of err: its own when err is (or wraps) an *Error, CodeInternal
+// otherwise, and "" for a nil err.
+func CodeOf(err error) ErrorCode {
+	if err == nil {
+		return ""
+	}
+	var we *Error
+	if errors.As(err, &we) {
+		return we.Code
+	}
+	return CodeInternal
+}

@@ -12,11 +12,11 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/elector/server"
 )
 
 func main() {
-	s, err := elector.ParseSettings(os.Args[1:], os.Getenv, os.Stdout)
+	s, err := server.ParseSettings(os.Args[1:], os.Getenv, os.Stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
@@ -24,10 +24,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "elector:", err)
 		os.Exit(2)
 	}
-	log := elector.NewLogger(os.Stderr, s.LogLevel)
+	log := server.NewLogger(os.Stderr, s.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := elector.Run(ctx, s, log); err != nil {
+	if err := server.Run(ctx, s, log); err != nil {
 		log.Error(err, "elector failed")
 		os.Exit(1)
 	}

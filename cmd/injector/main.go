@@ -15,8 +15,7 @@ import (
 )
 
 func main() {
-	cfg := webhook.DefaultConfig("")
-	cfg.BindFlags(flag.CommandLine)
+	cfgFlags := webhook.BindConfigFlags(flag.CommandLine, webhook.DefaultConfig(""))
 	srv := webhook.ServerOptions{Port: 9443, CertDir: "/tmp/k8s-webhook-server/serving-certs", CheckRBAC: true}
 	srv.BindFlags(flag.CommandLine)
 	metricsAddr := flag.String("metrics-bind-address", ":8080", "Prometheus metrics address; 0 disables")
@@ -25,7 +24,8 @@ func main() {
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
-	if err := cfg.Validate(); err != nil {
+	cfg, err := cfgFlags.Config()
+	if err != nil {
 		fail(err)
 	}
 

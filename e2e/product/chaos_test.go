@@ -20,7 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/metaparticle-io/sync/e2e/product/chaos"
+	"github.com/metaparticle-io/sync/e2e/product/internal/chaos"
 	"github.com/metaparticle-io/sync/internal/localcluster"
 	"github.com/metaparticle-io/sync/webhook"
 )

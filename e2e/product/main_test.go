@@ -41,7 +41,7 @@ import (
 	"k8s.io/utils/ptr"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
-	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/internal/image"
 	"github.com/metaparticle-io/sync/internal/localcluster"
 	"github.com/metaparticle-io/sync/webhook"
@@ -238,16 +238,16 @@ func readyPods(ctx context.Context, t *testing.T, ns, app string, want int) []co
 // holder returns the Pod holding the Lease of the lock or election "test" in ns ("" when free)
 // and its fencing token.
 func holder(ctx context.Context, ns, kind string) (pod, token string, err error) {
-	sel := labels.Set{elector.LabelManagedBy: elector.ManagedByValue, elector.LabelKind: kind}.String()
+	sel := labels.Set{contract.LabelManagedBy: contract.ManagedByValue, contract.LabelKind: kind}.String()
 	list, err := cluster.Clientset.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {
 		return "", "", err
 	}
 	for _, l := range list.Items {
-		if l.Annotations[elector.AnnotationName] != "test" {
+		if l.Annotations[contract.AnnotationName] != "test" {
 			continue
 		}
-		return leaseHolder(&l), l.Annotations[elector.AnnotationToken], nil
+		return leaseHolder(&l), l.Annotations[contract.AnnotationToken], nil
 	}
 	return "", "", nil
 }

@@ -16,6 +16,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/elector/server"
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/internal/testenv"
 	"github.com/metaparticle-io/sync/webhook"
 	"github.com/metaparticle-io/sync/wire"
@@ -66,8 +68,8 @@ func TestInjectedEnvironmentConfiguresTheSidecar(t *testing.T) {
 	}{
 		{"defaults", nil, elector.Config{
 			ListenAddress: wire.DefaultAddress, HealthAddress: elector.DefaultHealthAddress,
-			LeaseDuration: elector.DefaultLeaseDuration, RenewDeadline: elector.DefaultRenewDeadline,
-			RenewPeriod: elector.DefaultRenewPeriod, RetryPeriod: elector.DefaultRetryPeriod,
+			LeaseDuration: contract.DefaultLeaseDuration, RenewDeadline: contract.DefaultRenewDeadline,
+			RenewPeriod: contract.DefaultRenewPeriod, RetryPeriod: contract.DefaultRetryPeriod,
 		}, 0},
 		{"overrides", map[string]string{
 			webhook.AnnotationPort: "14000", webhook.AnnotationLogLevel: "debug",
@@ -88,7 +90,7 @@ func TestInjectedEnvironmentConfiguresTheSidecar(t *testing.T) {
 				pod.Annotations[k] = v
 			}
 			env := sidecarEnv(t, pod, webhook.DefaultConfig("img"))
-			s, err := elector.ParseSettings(nil, func(k string) string { return env[k] }, io.Discard)
+			s, err := server.ParseSettings(nil, func(k string) string { return env[k] }, io.Discard)
 			if err != nil {
 				t.Fatalf("side-car refused the injected environment: %v", err)
 			}
@@ -115,11 +117,10 @@ func TestInjectedEnvironmentConfiguresTheSidecar(t *testing.T) {
 }
 
 func TestInjectorDefaultsAreTheSidecarDefaults(t *testing.T) {
-	got := webhook.DefaultTiming
-	want := webhook.Timing{
-		LeaseDuration: elector.DefaultLeaseDuration, RenewDeadline: elector.DefaultRenewDeadline,
-		RenewPeriod: elector.DefaultRenewPeriod, RetryPeriod: elector.DefaultRetryPeriod,
-	}
+	// The injector writes its timing into every side-car explicitly, so its defaults must be
+	// the side-car's: a side-car given no timing must run as an injected one does.
+	got := webhook.DefaultConfig("x").Timing
+	want := contract.Timing{}.WithDefaults()
 	if got != want {
 		t.Errorf("got injector timing %+v; want the side-car's defaults %+v", got, want)
 	}

@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/elector/server"
 )
 
 // Sidecar is one Pod's side-car. Its fields are set by Start and read-only afterwards.
@@ -40,7 +41,7 @@ func Start(t testing.TB, restCfg *rest.Config, cfg elector.Config) *Sidecar {
 	if err := e.Start(ctx); err != nil {
 		t.Fatalf("Engine.Start: %v", err)
 	}
-	sc := &Sidecar{Pod: cfg.PodName, Engine: e, Server: httptest.NewServer(elector.NewHandler(e))}
+	sc := &Sidecar{Pod: cfg.PodName, Engine: e, Server: httptest.NewServer(server.NewHandler(e))}
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -12,7 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -82,7 +82,7 @@ func (c *cli) describe(ctx context.Context, name string, o describeOptions) erro
 	var foundKinds []wire.Kind
 	for _, k := range kinds {
 		cctx, cancel := c.callContext(ctx)
-		l, err := cs.CoordinationV1().Leases(ns).Get(cctx, elector.LeaseName(k, name), metav1.GetOptions{})
+		l, err := cs.CoordinationV1().Leases(ns).Get(cctx, contract.LeaseName(k, name), metav1.GetOptions{})
 		cancel()
 		if apierrors.IsNotFound(err) {
 			continue
@@ -99,8 +99,8 @@ func (c *cli) describe(ctx context.Context, name string, o describeOptions) erro
 		return fmt.Errorf("both a lock and an election are named %s in namespace %q: pass --kind lock or --kind election", printable(name), ns)
 	}
 	l := found[0]
-	if got := l.Annotations[elector.AnnotationName]; got != name {
-		return fmt.Errorf("lease %s/%s is not the %s %s: its %s annotation says %s", ns, l.Name, foundKinds[0], printable(name), elector.AnnotationName, printable(got))
+	if got := l.Annotations[contract.AnnotationName]; got != name {
+		return fmt.Errorf("lease %s/%s is not the %s %s: its %s annotation says %s", ns, l.Name, foundKinds[0], printable(name), contract.AnnotationName, printable(got))
 	}
 	d := Description{Item: ItemFromLease(l)}
 	d.Kind = foundKinds[0]

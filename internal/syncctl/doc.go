@@ -9,8 +9,8 @@
 //
 // It reads only: get, list and watch on leases, and get on pods for describe. The kubeconfig,
 // context and namespace are chosen as kubectl chooses them (k8s.io/cli-runtime's ConfigFlags).
-// Leases are selected by the side-car's labels (elector.LabelManagedBy, elector.LabelKind) and
-// named by its annotations (elector.AnnotationName, elector.AnnotationToken); see docs/api.md.
+// Leases are selected by the side-car's labels (contract.LabelManagedBy, contract.LabelKind) and
+// named by its annotations (contract.AnnotationName, contract.AnnotationToken); see docs/api.md.
 //
 // # What is not exact
 //

@@ -12,7 +12,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -54,11 +54,11 @@ type Item struct {
 // ItemFromLease converts a Lease managed by the side-car into an Item.
 func ItemFromLease(l *coordinationv1.Lease) Item {
 	it := Item{
-		Kind:      wire.Kind(l.Labels[elector.LabelKind]),
+		Kind:      wire.Kind(l.Labels[contract.LabelKind]),
 		Namespace: l.Namespace,
-		Name:      l.Annotations[elector.AnnotationName],
+		Name:      l.Annotations[contract.AnnotationName],
 		Lease:     l.Name,
-		Token:     l.Annotations[elector.AnnotationToken],
+		Token:     l.Annotations[contract.AnnotationToken],
 	}
 	if h := l.Spec.HolderIdentity; h != nil && *h != "" {
 		it.Held = true
@@ -109,7 +109,7 @@ func (it Item) DisplayName() string {
 
 // selector selects the Leases of one kind that the side-car manages.
 func selector(kind wire.Kind) string {
-	return labels.Set{elector.LabelManagedBy: elector.ManagedByValue, elector.LabelKind: string(kind)}.AsSelector().String()
+	return labels.Set{contract.LabelManagedBy: contract.ManagedByValue, contract.LabelKind: string(kind)}.AsSelector().String()
 }
 
 // sortItems orders items by namespace, name and kind.

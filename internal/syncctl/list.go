@@ -17,7 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -32,7 +32,7 @@ const rewatchPause = time.Second
 
 // selectorAll selects every Lease the side-car manages.
 func selectorAll() string {
-	return labels.Set{elector.LabelManagedBy: elector.ManagedByValue}.AsSelector().String()
+	return labels.Set{contract.LabelManagedBy: contract.ManagedByValue}.AsSelector().String()
 }
 
 type listOptions struct {

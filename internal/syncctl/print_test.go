@@ -12,7 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -30,9 +30,9 @@ func lease(kind wire.Kind, ns, name string, opts ...leaseOpt) *coordinationv1.Le
 	l := &coordinationv1.Lease{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace:   ns,
-			Name:        elector.LeaseName(kind, name),
-			Labels:      map[string]string{elector.LabelManagedBy: elector.ManagedByValue, elector.LabelKind: string(kind)},
-			Annotations: map[string]string{elector.AnnotationName: name},
+			Name:        contract.LeaseName(kind, name),
+			Labels:      map[string]string{contract.LabelManagedBy: contract.ManagedByValue, contract.LabelKind: string(kind)},
+			Annotations: map[string]string{contract.AnnotationName: name},
 		},
 		Spec: coordinationv1.LeaseSpec{LeaseDurationSeconds: ptr(int32(15)), LeaseTransitions: ptr(int32(0))},
 	}
@@ -48,7 +48,7 @@ func heldBy(holder, token string, acquired, renewed time.Duration) leaseOpt {
 		l.Spec.HolderIdentity = &holder
 		l.Spec.AcquireTime = &metav1.MicroTime{Time: now.Add(-acquired)}
 		l.Spec.RenewTime = &metav1.MicroTime{Time: now.Add(-renewed)}
-		l.Annotations[elector.AnnotationToken] = token
+		l.Annotations[contract.AnnotationToken] = token
 	}
 }
 
@@ -58,7 +58,7 @@ func released(token string, ago time.Duration) leaseOpt {
 		l.Spec.HolderIdentity = nil
 		l.Spec.AcquireTime = nil
 		l.Spec.RenewTime = &metav1.MicroTime{Time: now.Add(-ago)}
-		l.Annotations[elector.AnnotationToken] = token
+		l.Annotations[contract.AnnotationToken] = token
 	}
 }
 
@@ -105,7 +105,7 @@ func TestSplitHolder(t *testing.T) {
 func TestItemFromLease(t *testing.T) {
 	held := ItemFromLease(lease(wire.KindElection, "ns", "scheduler", heldBy("web-1/"+session, "42", time.Minute, time.Second), transitions(2)))
 	want := Item{
-		Kind: wire.KindElection, Namespace: "ns", Name: "scheduler", Lease: elector.LeaseName(wire.KindElection, "scheduler"),
+		Kind: wire.KindElection, Namespace: "ns", Name: "scheduler", Lease: contract.LeaseName(wire.KindElection, "scheduler"),
 		Held: true, Holder: "web-1/" + session, Pod: "web-1", Session: session, Token: "42",
 		AcquireTime: ptr(now.Add(-time.Minute)), RenewTime: ptr(now.Add(-time.Second)), ExpireTime: ptr(now.Add(14 * time.Second)),
 		LeaseDurationSeconds: 15, LeaseTransitions: 2,
@@ -225,7 +225,7 @@ No resources found.
 
 // hash is the hash part of the Lease name of lock name.
 func hash(name string) string {
-	l := elector.LeaseName(wire.KindLock, name)
+	l := contract.LeaseName(wire.KindLock, name)
 	return l[strings.LastIndex(l, "-")+1:]
 }
 
@@ -344,7 +344,7 @@ Holder Pod:      web-0: not found (the Pod is gone)
 Name:            leader
 Kind:            election
 Namespace:       shop
-Lease:           election-leader-` + strings.TrimPrefix(elector.LeaseName(wire.KindElection, "leader"), "election-leader-") + `
+Lease:           election-leader-` + strings.TrimPrefix(contract.LeaseName(wire.KindElection, "leader"), "election-leader-") + `
 Holder:          <none> (free)
 Last token:      977
 Last write:      2026-03-01T11:00:00Z (60m ago)

@@ -25,7 +25,7 @@ import (
 	"k8s.io/klog/v2"
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 
-	"github.com/metaparticle-io/sync/bench/harness"
+	"github.com/metaparticle-io/sync/bench/internal/harness"
 )
 
 func main() {

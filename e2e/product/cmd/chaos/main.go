@@ -23,7 +23,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/metaparticle-io/sync/e2e/product/chaos"
+	"github.com/metaparticle-io/sync/e2e/product/internal/chaos"
 	"github.com/metaparticle-io/sync/sdk"
 )
 

@@ -1,0 +1,119 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/elector/server"
+	"github.com/metaparticle-io/sync/sdk"
+)
+
+// Sidecar is one in-process side-car: an elector Engine with its own Kubernetes client (and so
+// its own connection pool, rate limiter and informer), serving the lock API on a loopback port,
+// like the elector binary does in a Pod.
+type Sidecar struct {
+	Pod    string
+	Engine *elector.Engine
+	Addr   string // host:port of the lock API
+
+	reg    *prometheus.Registry
+	srv    *http.Server
+	halted atomic.Bool
+}
+
+// StartSidecar starts a side-car for Pod pod in namespace ns, counting its API server requests
+// in counter (which may be nil). Zero timings in cfg take the side-car's defaults.
+func (b *Bench) StartSidecar(ctx context.Context, ns, pod string, counter *Counter, cfg elector.Config) (*Sidecar, error) {
+	rc := b.RestConfig(counter, "metaparticle-sync-elector")
+	cfg.PodName, cfg.Namespace = pod, ns
+	reg := prometheus.NewRegistry()
+	e, err := elector.NewEngineForConfig(cfg, rc, elector.Options{Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := e.Start(sctx); err != nil {
+		e.Halt()
+		return nil, fmt.Errorf("starting side-car %s: %w", pod, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.Halt()
+		return nil, err
+	}
+	s := &Sidecar{Pod: pod, Engine: e, Addr: ln.Addr().String(), reg: reg,
+		srv: &http.Server{Handler: server.NewHandler(e), ReadHeaderTimeout: 10 * time.Second}}
+	go func() { _ = s.srv.Serve(ln) }()
+	return s, nil
+}
+
+// Client returns a new SDK client of the side-car: a new session, as one application process.
+func (s *Sidecar) Client() *sdk.Client {
+	c, err := sdk.NewClient(sdk.WithAddress(s.Addr), sdk.WithRetryTimeout(5*time.Second))
+	if err != nil {
+		panic(err) // only for an invalid address, which StartSidecar never makes
+	}
+	return c
+}
+
+// Waiting returns the side-car's metaparticle_sync_waiting gauge for kind ("lock" or
+// "election"): lock waiters and election candidates not leading.
+func (s *Sidecar) Waiting(kind string) float64 {
+	mfs, err := s.reg.Gather()
+	if err != nil {
+		return -1
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "metaparticle_sync_waiting" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "kind" && l.GetValue() == kind {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// Kill stops the side-car as if its process died: nothing is released, and its connections
+// (event streams, pending acquires) are cut.
+func (s *Sidecar) Kill() {
+	s.halted.Store(true)
+	s.Engine.Halt()
+	_ = s.srv.Close()
+}
+
+// Stop shuts the side-car down in order (every hold released), as on SIGTERM.
+func (s *Sidecar) Stop() {
+	if s.halted.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_ = s.Engine.Shutdown(ctx)
+	_ = s.srv.Close()
+}
+
+// waitFor polls cond every interval until it holds or timeout passes.
+func waitFor(timeout, interval time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return errors.New("timed out")
+		}
+		time.Sleep(interval)
+	}
+	return nil
+}

@@ -1,0 +1,261 @@
+// Package leasefake is a fake API server for Leases, for the side-car's unit tests: a client-go
+// fake clientset whose Lease writes behave like the API server's on etcd (every write gets the
+// next revision as its resourceVersion; an Update whose resourceVersion is not the stored one
+// fails with Conflict; a Create of an existing Lease fails with AlreadyExists), with hooks that
+// fail or delay writes, and a record of the writes. Any other verb fails the test.
+//
+// It is not a model of the API server's watch: events are delivered as client-go's fake
+// delivers them, in order and at once.
+package leasefake
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// Namespace is where Put, Get and Remove find Leases without a namespace of their own.
+const Namespace = "team-a"
+
+var leasesGVR = schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}
+
+// API is a fake API server for Leases. Create it with New; it is safe for concurrent use.
+type API struct {
+	t  testing.TB
+	cs *fake.Clientset
+
+	mu     sync.Mutex // protects the fields below
+	rev    uint64
+	writes []string                                           // "create <lease>", "update <lease>"
+	hooks  []func(verb string, l *coordinationv1.Lease) error // run before each write; a non-nil error fails it
+	rvText func(uint64) string                                // formats resourceVersions; default decimal
+}
+
+// New returns an empty fake whose next revision is 101. Unexpected API calls fail t.
+func New(t testing.TB) *API {
+	f := &API{t: t, cs: fake.NewSimpleClientset(), rev: 100}
+	f.cs.PrependReactor("create", "leases", f.create)
+	f.cs.PrependReactor("update", "leases", f.update)
+	for _, verb := range []string{"patch", "delete", "deletecollection"} {
+		f.cs.PrependReactor(verb, "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			t.Errorf("unexpected API call: %s %s", a.GetVerb(), a.GetResource().Resource)
+			return true, nil, fmt.Errorf("unexpected %s", a.GetVerb())
+		})
+	}
+	return f
+}
+
+func (f *API) nextRV() string {
+	f.rev++
+	if f.rvText != nil {
+		return f.rvText(f.rev)
+	}
+	return strconv.FormatUint(f.rev, 10)
+}
+
+func (f *API) runHooks(verb string, l *coordinationv1.Lease) error {
+	for _, h := range f.hooks {
+		if err := h(verb, l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *API) create(a k8stesting.Action) (bool, runtime.Object, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := a.(k8stesting.CreateAction).GetObject().(*coordinationv1.Lease).DeepCopy()
+	f.writes = append(f.writes, "create "+l.Name)
+	if err := f.runHooks("create", l); err != nil {
+		return true, nil, err
+	}
+	if _, err := f.cs.Tracker().Get(leasesGVR, a.GetNamespace(), l.Name); err == nil {
+		return true, nil, apierrors.NewAlreadyExists(leasesGVR.GroupResource(), l.Name)
+	}
+	l.ResourceVersion = f.nextRV()
+	l.UID = types.UID("uid-" + l.ResourceVersion)
+	if err := f.cs.Tracker().Create(leasesGVR, l, a.GetNamespace()); err != nil {
+		return true, nil, err
+	}
+	return true, l.DeepCopy(), nil
+}
+
+func (f *API) update(a k8stesting.Action) (bool, runtime.Object, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := a.(k8stesting.UpdateAction).GetObject().(*coordinationv1.Lease).DeepCopy()
+	f.writes = append(f.writes, "update "+l.Name)
+	if err := f.runHooks("update", l); err != nil {
+		return true, nil, err
+	}
+	return f.updateLocked(a.GetNamespace(), l)
+}
+
+func (f *API) updateLocked(ns string, l *coordinationv1.Lease) (bool, runtime.Object, error) {
+	cur, err := f.cs.Tracker().Get(leasesGVR, ns, l.Name)
+	if err != nil {
+		return true, nil, err
+	}
+	if rv := cur.(*coordinationv1.Lease).ResourceVersion; l.ResourceVersion != rv {
+		return true, nil, apierrors.NewConflict(leasesGVR.GroupResource(), l.Name,
+			fmt.Errorf("the object has been modified (resourceVersion %s, stored %s)", l.ResourceVersion, rv))
+	}
+	l.ResourceVersion = f.nextRV()
+	if err := f.cs.Tracker().Update(leasesGVR, l, ns); err != nil {
+		return true, nil, err
+	}
+	return true, l.DeepCopy(), nil
+}
+
+// Hook adds a function run before every write, under the fake's lock.
+func (f *API) Hook(h func(verb string, l *coordinationv1.Lease) error) {
+	f.mu.Lock()
+	f.hooks = append(f.hooks, h)
+	f.mu.Unlock()
+}
+
+// FailUpdates makes every Update of lease fail with err until the returned func is called.
+func (f *API) FailUpdates(lease string, err error) (restore func()) {
+	var mu sync.Mutex
+	on := true
+	f.Hook(func(verb string, l *coordinationv1.Lease) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if on && verb == "update" && l.Name == lease {
+			return err
+		}
+		return nil
+	})
+	return func() { mu.Lock(); on = false; mu.Unlock() }
+}
+
+// WriteCount returns the number of writes so far.
+func (f *API) WriteCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.writes)
+}
+
+// WritesSince returns the writes after the first n.
+func (f *API) WritesSince(n int) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.writes[n:]...)
+}
+
+// Put stores l as the next version, as another side-car (or a person) would.
+func (f *API) Put(l *coordinationv1.Lease) *coordinationv1.Lease {
+	f.t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l = l.DeepCopy()
+	if l.Namespace == "" {
+		l.Namespace = Namespace
+	}
+	cur, err := f.cs.Tracker().Get(leasesGVR, l.Namespace, l.Name)
+	if err != nil {
+		l.ResourceVersion = f.nextRV()
+		if err := f.cs.Tracker().Create(leasesGVR, l, l.Namespace); err != nil {
+			f.t.Fatalf("creating Lease %s: %v", l.Name, err)
+		}
+		return l
+	}
+	l.ResourceVersion = cur.(*coordinationv1.Lease).ResourceVersion
+	if _, _, err := f.updateLocked(l.Namespace, l); err != nil {
+		f.t.Fatalf("updating Lease %s: %v", l.Name, err)
+	}
+	return f.getLocked(l.Name)
+}
+
+// Remove deletes a Lease, as a person with kubectl would.
+func (f *API) Remove(name string) {
+	f.t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.cs.Tracker().Delete(leasesGVR, Namespace, name); err != nil {
+		f.t.Fatalf("deleting Lease %s: %v", name, err)
+	}
+}
+
+// Get returns the stored Lease, or nil.
+func (f *API) Get(name string) *coordinationv1.Lease {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.getLocked(name)
+}
+
+func (f *API) getLocked(name string) *coordinationv1.Lease {
+	obj, err := f.cs.Tracker().Get(leasesGVR, Namespace, name)
+	if err != nil {
+		return nil
+	}
+	return obj.(*coordinationv1.Lease).DeepCopy()
+}
+
+// SetResourceVersionFormat makes later writes format their revision with format instead of
+// in decimal (for testing API servers whose resourceVersions are not numbers).
+func (f *API) SetResourceVersionFormat(format func(uint64) string) {
+	f.mu.Lock()
+	f.rvText = format
+	f.mu.Unlock()
+}
+
+// Clientset returns the fake clientset, for reactors of verbs the fake does not serve.
+func (f *API) Clientset() *fake.Clientset { return f.cs }
+
+// Leases returns the Leases of namespace ns as the side-car's LeaseClient (elector.LeaseClient),
+// passing on that the fake does not support streaming lists.
+func (f *API) Leases(ns string) Client {
+	return Client{LeaseInterface: f.cs.CoordinationV1().Leases(ns), cs: f.cs}
+}
+
+// Client is the Leases of one namespace of an API.
+type Client struct {
+	coordinationv1client.LeaseInterface
+	cs *fake.Clientset
+}
+
+// IsWatchListSemanticsUnSupported reports that the fake cannot stream lists.
+func (c Client) IsWatchListSemanticsUnSupported() bool {
+	return c.cs.IsWatchListSemanticsUnSupported()
+}
+
+// Logger returns a logger that writes through t when ELECTOR_TEST_LOG is set, and discards
+// otherwise: the side-car's logs of a failing test, on demand.
+func Logger(t testing.TB) logr.Logger {
+	if os.Getenv("ELECTOR_TEST_LOG") == "" {
+		return logr.Discard()
+	}
+	return logr.FromSlogHandler(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.Level(-2)})).WithName(t.Name())
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// Race applies change to the stored Lease name and stores the result as the next version. Call
+// it only from a Hook, which runs under the fake's lock: the write lands just before the one the
+// hook runs for, as a competing writer's would.
+func (f *API) Race(name string, change func(*coordinationv1.Lease)) error {
+	cur := f.getLocked(name)
+	if cur == nil {
+		return apierrors.NewNotFound(leasesGVR.GroupResource(), name)
+	}
+	change(cur)
+	_, _, err := f.updateLocked(Namespace, cur)
+	return err
+}

@@ -1,0 +1,149 @@
+package elector
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/metaparticle-io/sync/wire"
+)
+
+// ---- Locks ----
+
+// Acquire takes lock name for session id. See wire.AcquireRequest: with Try it makes one
+// attempt; otherwise it waits, in FIFO order among this side-car's waiters, until the lock is
+// held, TimeoutMillis passes (wire.CodeNotAcquired) or ctx ends (the client went away; a grant
+// that races with it is released).
+func (e *Engine) Acquire(ctx context.Context, id, name string, req wire.AcquireRequest) (wire.Grant, error) {
+	if err := checkAcquire(name, req); err != nil {
+		return wire.Grant{}, err
+	}
+	s, err := e.session(id)
+	if err != nil {
+		return wire.Grant{}, err
+	}
+	if err := e.accepting(); err != nil {
+		return wire.Grant{}, err
+	}
+	n, err := e.lockName(wire.KindLock, name)
+	if err != nil {
+		return wire.Grant{}, err
+	}
+	c, err := n.enqueueLock(s, req.Try, e.clock.Now())
+	n.mu.Unlock()
+	if err != nil {
+		return wire.Grant{}, err
+	}
+
+	var timeout <-chan time.Time
+	if req.TimeoutMillis > 0 {
+		t := e.clock.NewTimer(time.Duration(req.TimeoutMillis) * time.Millisecond)
+		defer t.Stop()
+		timeout = t.C()
+	}
+	select {
+	case r := <-c.reply:
+		return r.grant, r.err
+	case <-timeout:
+		return n.withdraw(c, "timeout", false)
+	case <-ctx.Done():
+		return n.withdraw(c, "cancelled", true)
+	case <-e.ctx.Done():
+		return wire.Grant{}, wire.Errorf(wire.CodeShuttingDown, "the side-car stopped")
+	}
+}
+
+// checkAcquire validates an acquire request.
+func checkAcquire(name string, req wire.AcquireRequest) error {
+	if err := wire.ValidateName(name); err != nil {
+		return wire.Errorf(wire.CodeInvalidName, "invalid lock name: %v", err)
+	}
+	return req.Validate()
+}
+
+// Release releases lock name held by session id, clearing the Lease's holder so that the next
+// waiter anywhere takes it at once. It returns when the Lease has been written (or the write
+// has been given up; the Lease then expires by itself).
+func (e *Engine) Release(ctx context.Context, id, name string) error {
+	return e.holdOp(ctx, wire.KindLock, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
+		return n.releaseLock(s, now)
+	})
+}
+
+type acquireResult struct {
+	grant wire.Grant
+	err   error
+}
+
+// ---- Locks ----
+
+// enqueueLock adds a lock waiter for s.
+func (n *nameState) enqueueLock(s *session, try bool, now time.Time) (*contender, error) {
+	if h := n.hold; h != nil && h.s == s && !h.release {
+		return nil, wire.Errorf(wire.CodeAlreadyHeld, "session %s already holds lock %q (token %s)", s.id, n.name, h.grant.Token)
+	}
+	if try && (len(n.queue) > 0 || (n.hold != nil && n.hold.s != s)) {
+		n.e.m.waits.WithLabelValues(string(n.kind), "failed").Inc()
+		return nil, wire.Errorf(wire.CodeNotAcquired, "lock %q is held or awaited by another session of this Pod", n.name)
+	}
+	if !s.addInterest(n) {
+		return nil, s.endErr()
+	}
+	c := &contender{s: s, since: now, try: try, reply: make(chan acquireResult, 1)}
+	n.queue = append(n.queue, c)
+	n.wake()
+	return c, nil
+}
+
+// answer ends lock waiter c's wait with a result and removes it from the queue.
+func (n *nameState) answer(c *contender, g wire.Grant, err error, result string) {
+	if c.answered {
+		return
+	}
+	c.answered = true
+	c.reply <- acquireResult{grant: g, err: err}
+	n.queue = slices.DeleteFunc(n.queue, func(x *contender) bool { return x == c })
+	n.e.m.waits.WithLabelValues(string(n.kind), result).Inc()
+	n.forgetIfIdle(c.s)
+	n.poke()
+}
+
+// withdraw ends waiter c's wait on the waiter's side (timeout or client gone). If a grant won
+// the race, it is returned on timeout; when the client is gone it is released instead.
+func (n *nameState) withdraw(c *contender, result string, gone bool) (wire.Grant, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !c.answered {
+		n.answer(c, wire.Grant{}, nil, result)
+		<-c.reply
+		if gone {
+			return wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "the client went away")
+		}
+		return wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q was not acquired within the timeout", n.name)
+	}
+	r := <-c.reply
+	if gone && r.err == nil && n.hold != nil && n.hold.s == c.s && n.hold.grant.Token == r.grant.Token {
+		n.requestRelease(n.hold, "the client went away as the lock was granted", n.e.clock.Now())
+		return wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "the client went away")
+	}
+	return r.grant, r.err
+}
+
+// releaseLock releases s's hold.
+func (n *nameState) releaseLock(s *session, now time.Time) (<-chan struct{}, error) {
+	h := n.hold
+	if h == nil || h.s != s || h.release {
+		return nil, wire.Errorf(wire.CodeNotHeld, "session %s does not hold lock %q", s.id, n.name)
+	}
+	return n.requestRelease(h, "released by the client", now), nil
+}
+
+// failWaiters ends every lock wait with err (elections keep their candidates and retry).
+func (n *nameState) failWaiters(err error, result string) {
+	if n.kind != wire.KindLock {
+		return
+	}
+	for _, c := range append([]*contender(nil), n.queue...) {
+		n.answer(c, wire.Grant{}, err, result)
+	}
+}

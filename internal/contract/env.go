@@ -1,0 +1,30 @@
+package contract
+
+// Environment variables of the side-car container. The injector sets the first three from the
+// downward API (fieldRef metadata.name, metadata.namespace and metadata.uid) and the timing and
+// log level from its configuration and the Pod's annotations; every one of them mirrors a flag
+// of the side-car command (cmd/elector --help). The lock API's address is wire.EnvAddress, the
+// variable the application reads too.
+const (
+	EnvPodName         = "METAPARTICLE_SYNC_POD_NAME"
+	EnvPodNamespace    = "METAPARTICLE_SYNC_POD_NAMESPACE"
+	EnvPodUID          = "METAPARTICLE_SYNC_POD_UID"
+	EnvHealthAddress   = "METAPARTICLE_SYNC_HEALTH_ADDR"
+	EnvLeaseDuration   = "METAPARTICLE_SYNC_LEASE_DURATION"
+	EnvRenewDeadline   = "METAPARTICLE_SYNC_RENEW_DEADLINE"
+	EnvRenewPeriod     = "METAPARTICLE_SYNC_RENEW_PERIOD"
+	EnvRetryPeriod     = "METAPARTICLE_SYNC_RETRY_PERIOD"
+	EnvShutdownTimeout = "METAPARTICLE_SYNC_SHUTDOWN_TIMEOUT"
+	EnvLogLevel        = "METAPARTICLE_SYNC_LOG_LEVEL"
+	EnvKubeAPIQPS      = "METAPARTICLE_SYNC_KUBE_API_QPS"
+	EnvKubeAPIBurst    = "METAPARTICLE_SYNC_KUBE_API_BURST"
+)
+
+// LogLevels maps the log level names that the injector accepts (flag and annotation) to the
+// side-car's numeric verbosity (EnvLogLevel): "info" logs every state change, "debug" also lost
+// races and every renewal.
+var LogLevels = map[string]int{"info": 0, "debug": 2}
+
+// HealthPort returns the port of the side-car's /healthz, /readyz and /metrics for a side-car
+// whose lock API listens on apiPort: the next one.
+func HealthPort(apiPort int32) int32 { return apiPort + 1 }

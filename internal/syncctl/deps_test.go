@@ -1,0 +1,43 @@
+package syncctl
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestSyncctlLinksNoSidecar keeps syncctl a small, read-only client: it takes the Lease names,
+// labels and annotations from package internal/contract (standard library only), never from the
+// side-car (package elector), whose engine would link the Prometheus client and client-go's
+// informers (tools/cache, which log through klog) into the command line.
+func TestSyncctlLinksNoSidecar(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	const cmd = "github.com/metaparticle-io/sync/cmd/syncctl"
+	out, err := exec.Command("go", "list", "-deps", cmd).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	forbidden := []struct{ pkg, why string }{
+		{"github.com/metaparticle-io/sync/elector", "the side-car; use internal/contract"},
+		{"github.com/prometheus/client_golang", "the Prometheus client, which only the side-car needs"},
+		{"k8s.io/client-go/tools/cache", "client-go's informers; syncctl lists and watches directly"},
+		{"k8s.io/client-go/informers", "client-go's informer factories; syncctl lists and watches directly"},
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) == 0 || deps[len(deps)-1] != cmd {
+		t.Fatalf("go list -deps %s printed %q; want its dependencies, ending with the command", cmd, out)
+	}
+	for _, f := range forbidden {
+		var got []string
+		for _, dep := range deps {
+			if dep == f.pkg || strings.HasPrefix(dep, f.pkg+"/") {
+				got = append(got, dep)
+			}
+		}
+		if len(got) > 0 {
+			t.Errorf("got %s depending on %s (%s); want none of %s/...", cmd, strings.Join(got, ", "), f.why, f.pkg)
+		}
+	}
+}
