@@ -60,6 +60,10 @@ unit: ## Unit tests with the race detector; no control plane (go test -short).
 integration: control-plane cert-manager ## All tests, including those against a real kube-apiserver and etcd (envtest).
 	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh --print-assets) go test -count=1 $(GO_TEST_FLAGS) ./...
 
+.PHONY: sim
+sim: ## Deterministic simulation of the lock engine: SIM_SCHEDULES (100000) seeded schedules, or SEED=<n> one with its trace.
+	@hack/sim.sh
+
 .PHONY: fuzz-smoke
 fuzz-smoke: ## Run every fuzz target for FUZZTIME each.
 	@hack/fuzz.sh $(FUZZTIME)
