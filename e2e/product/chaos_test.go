@@ -48,10 +48,10 @@ const (
 
 // Fault kinds of the chaos run, as CHAOS_FAULTS names them.
 const (
-	faultKillApp      = "kill-app"
-	faultKillSidecar  = "kill-sidecar"
-	faultRestartAPI   = "restart-apiserver"
-	faultCutOff       = "cut-off"
+	faultKillApp      = chaos.FaultKillApp
+	faultKillSidecar  = chaos.FaultKillSidecar
+	faultRestartAPI   = chaos.FaultRestartAPI
+	faultCutOff       = chaos.FaultCutOff
 	defaultChaosCount = 1000
 )
 
@@ -67,7 +67,11 @@ var allFaultKinds = []string{faultKillApp, faultKillSidecar, faultRestartAPI, fa
 //
 // The run fails on an overlap, two holds with one token, a later hold with a lower token, late
 // writes none of which was refused, a malformed message, or no grant within lease duration +
-// margin after a fault. It stops by itself once CHAOS_GRANTS holds (default 1000) were announced,
+// margin after a fault. It also records every operation and fault in a history (chaos.History)
+// with the sessions seen on the Lease, checks it afterwards (chaos.Check: linearizable fenced
+// register, no overlap of accepted holds, told before granted, token order) and fails on any
+// violation; the history, its rendering and porcupine's are kept as artifacts (see artifactDir),
+// whatever the outcome. It stops by itself once CHAOS_GRANTS holds (default 1000) were announced,
 // every kind of fault was injected and each kind aimed at a Pod hit a holder at least once;
 // CHAOS_FAULTS=kill-app,kill-sidecar,restart-apiserver,cut-off (the default) chooses the kinds.
 func TestChaosSafety(t *testing.T) {
@@ -95,6 +99,8 @@ func TestChaosSafety(t *testing.T) {
 	ctx := testContext(t, limit+2*time.Minute)
 	ns := namespace(t, true)
 	cs := cluster.Clientset
+	recordStart := time.Now()
+	leases := watchLeases(ctx, cs, ns)
 
 	reg := chaos.NewRegister()
 	ln, err := net.Listen("tcp", net.JoinHostPort(cluster.Var("NODE_IP"), "0"))
@@ -116,13 +122,27 @@ func TestChaosSafety(t *testing.T) {
 	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	f := &faulter{t: t, ns: ns, reg: reg}
+	// The history is checked and kept at the end; if the test stops before, this cleanup keeps
+	// it, after the cuts are healed (cleanups run last registered first).
+	saved := false
+	t.Cleanup(func() {
+		if !saved {
+			h := chaosHistory(recordStart, reg, f, leases)
+			v := chaos.Check(h, chaos.CheckOptions{Timeout: time.Minute})
+			t.Logf("history check of the unfinished run: %s", v.Summary())
+			for _, viol := range v.Violations {
+				t.Logf("history check %s", viol)
+			}
+			saveHistory(t, h, v)
+		}
+	})
+	t.Cleanup(f.healAll)
 	readyPods(ctx, t, ns, chaosApp, 5)
 	if !waitGrant(ctx, reg, time.Now().Add(-time.Hour), time.Minute) {
 		t.Fatal("no contender announced a hold within a minute of all five Pods being ready")
 	}
 
-	f := &faulter{t: t, ns: ns, reg: reg}
-	t.Cleanup(f.healAll)
 	start := time.Now()
 	faults, hits := map[string]int{}, map[string]int{}
 	// done: enough grants, every kind injected, and every kind aimed at a Pod has hit a holder.
@@ -154,6 +174,7 @@ func TestChaosSafety(t *testing.T) {
 			break
 		}
 		faults[kind]++
+		f.record(ft.fault)
 		ok := waitGrant(ctx, reg, ft.from, chaosLeaseDuration+chaosMargin)
 		_, next := reg.Granted()
 		f.healAll()
@@ -167,6 +188,7 @@ func TestChaosSafety(t *testing.T) {
 			if reg.HeldAt(ft.pod, ft.at) {
 				hits[kind]++
 				role = ", which held the lock"
+				f.held(ft.fault)
 			}
 		}
 		t.Logf("fault %d: %s%s; next grant %s later", total(faults), ft.desc, role, next.Sub(ft.from).Round(time.Millisecond))
@@ -220,6 +242,34 @@ func TestChaosSafety(t *testing.T) {
 	if rep.BadRequests > 0 {
 		t.Errorf("%d malformed messages reached the register: %s", rep.BadRequests, strings.Join(rep.BadRequestErrors, "; "))
 	}
+
+	// The history, checked as a whole.
+	h := chaosHistory(recordStart, reg, f, leases)
+	v := chaos.Check(h, chaos.CheckOptions{Timeout: 5 * time.Minute})
+	saved = true
+	saveHistory(t, h, v)
+	_, restarts := leases.snapshot()
+	t.Logf("history check: %s; the Lease watch restarted %d times", v.Summary(), restarts)
+	for _, viol := range v.Violations {
+		t.Errorf("history check %s", viol)
+	}
+}
+
+// saveHistory writes the history's artifacts and logs where they are.
+func saveHistory(t *testing.T, h *chaos.History, v *chaos.Verdict) {
+	t.Helper()
+	dir, err := artifactDir(t)
+	if err != nil {
+		t.Errorf("chaos run history: %v", err)
+		return
+	}
+	paths, drawn, err := writeHistory(dir, h, v)
+	if err != nil {
+		t.Errorf("chaos run history: %v", err)
+		return
+	}
+	t.Logf("chaos run history (%d operations, %d faults, %d Lease changes): %s; rendered: %s; porcupine's view (%s): %s",
+		len(h.Ops), len(h.Faults), len(h.Leases), paths[0], paths[1], drawn, paths[2])
 }
 
 func total(m map[string]int) (n int) {
@@ -271,8 +321,34 @@ type faulter struct {
 	ns  string
 	reg *chaos.Register
 
-	mu   sync.Mutex // guards cuts
-	cuts []func() error
+	mu     sync.Mutex // guards cuts and faults
+	cuts   []func() error
+	faults []*chaos.Fault // for the history
+}
+
+// record adds an injected fault to the history.
+func (f *faulter) record(fl *chaos.Fault) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.faults = append(f.faults, fl)
+}
+
+// held marks a recorded fault as one that hit the holder.
+func (f *faulter) held(fl *chaos.Fault) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fl.Held = true
+}
+
+// history returns the recorded faults in the order injected.
+func (f *faulter) history() []chaos.Fault {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]chaos.Fault, 0, len(f.faults))
+	for _, fl := range f.faults {
+		out = append(out, *fl)
+	}
+	return out
 }
 
 // injected is one fault.
@@ -286,6 +362,8 @@ type injected struct {
 	// retire says that the Pod's container has now restarted chaosMaxRestarts times: the Pod is
 	// to be replaced before the kubelet's back-off keeps it out of the run.
 	retire bool
+	// fault is its record for the history; a cut-off's End is set when it is healed.
+	fault *chaos.Fault
 }
 
 // inject injects one fault of kind. A fault aimed at a container that stopped meanwhile (Pod
@@ -343,21 +421,28 @@ func (f *faulter) injectPod(ctx context.Context, kind string) (injected, error) 
 		}
 		at := time.Now()
 		nets[i] = nil // the cut keeps it open until healed
+		desc := fmt.Sprintf("cutting %s off from the API server for %s", cands[i].pod, chaosCut)
+		fl := &chaos.Fault{Kind: faultCutOff, Pod: cands[i].pod, Start: at.UTC(), Desc: desc}
 		f.mu.Lock()
 		f.cuts = append(f.cuts, func() error {
 			time.Sleep(time.Until(at.Add(chaosCut)))
-			return cut.heal()
+			err := cut.heal()
+			f.mu.Lock()
+			fl.End = time.Now().UTC()
+			f.mu.Unlock()
+			return err
 		})
 		f.mu.Unlock()
-		return injected{desc: fmt.Sprintf("cutting %s off from the API server for %s", cands[i].pod, chaosCut), pod: cands[i].pod, at: at, from: at}, nil
+		return injected{desc: desc, pod: cands[i].pod, at: at, from: at, fault: fl}, nil
 	}
 	c := cands[f.pick(cands)]
 	at := time.Now()
 	if err := sigkill(ctx, c.id); err != nil {
 		return injected{}, fmt.Errorf("killing %s's %s: %w", c.pod, container, err)
 	}
-	return injected{desc: fmt.Sprintf("SIGKILL of %s's %s", c.pod, container), pod: c.pod, at: at, from: at,
-		retire: c.restarts+1 >= chaosMaxRestarts}, nil
+	desc := fmt.Sprintf("SIGKILL of %s's %s", c.pod, container)
+	return injected{desc: desc, pod: c.pod, at: at, from: at, retire: c.restarts+1 >= chaosMaxRestarts,
+		fault: &chaos.Fault{Kind: kind, Pod: c.pod, Start: at.UTC(), End: time.Now().UTC(), Desc: desc}}, nil
 }
 
 // restartAPIServer crashes the API server and starts it again (hack/cluster/up.sh --restart).
@@ -373,7 +458,8 @@ func restartAPIServer(ctx context.Context) (injected, error) {
 		return injected{}, fmt.Errorf("%w: %s", err, out)
 	}
 	ready := time.Now()
-	return injected{desc: fmt.Sprintf("the API server's crash and restart (back in %s)", ready.Sub(at).Round(time.Millisecond)), at: at, from: ready}, nil
+	desc := fmt.Sprintf("the API server's crash and restart (back in %s)", ready.Sub(at).Round(time.Millisecond))
+	return injected{desc: desc, at: at, from: ready, fault: &chaos.Fault{Kind: faultRestartAPI, Start: at.UTC(), End: ready.UTC(), Desc: desc}}, nil
 }
 
 // healAll ends every cut, each no sooner than chaosCut after it began.

@@ -34,6 +34,12 @@ func (c *Client) End(ctx context.Context, m End) error {
 	return err
 }
 
+// Release reports the Release of a hold.
+func (c *Client) Release(ctx context.Context, m Release) error {
+	_, err := c.post(ctx, PathRelease, m)
+	return err
+}
+
 func (c *Client) post(ctx context.Context, path string, m any) (bool, error) {
 	body, err := json.Marshal(m)
 	if err != nil {

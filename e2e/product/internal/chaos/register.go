@@ -16,6 +16,9 @@
 // believed it held the lock. A contender killed mid-hold never sends its End; its interval ends at
 // its last message, which is all it ever claimed.
 //
+// The register also records every message as an operation of a [History] ([Register.History]),
+// with the register's own time of each decision, for [Check] and [RenderHTML] after the run.
+//
 // The register is safe for concurrent use. Its zero value is not usable: use [NewRegister].
 package chaos
 
@@ -32,17 +35,20 @@ import (
 
 // Paths the register serves; each takes a JSON POST.
 const (
-	PathBegin = "/begin"
-	PathWrite = "/write"
-	PathEnd   = "/end"
+	PathBegin   = "/begin"
+	PathWrite   = "/write"
+	PathEnd     = "/end"
+	PathRelease = "/release"
 )
 
-// Begin announces a hold: the application's Acquire returned Token at At.
+// Begin announces a hold: the application's Acquire, called at AcquireStart, returned Token at
+// At.
 type Begin struct {
-	Hold  string    `json:"hold"` // unique per hold: "<pod>/<process>/<n>"
-	Pod   string    `json:"pod"`
-	Token uint64    `json:"token"`
-	At    time.Time `json:"at"`
+	Hold         string    `json:"hold"` // unique per hold: "<pod>/<process>/<n>"
+	Pod          string    `json:"pod"`
+	Token        uint64    `json:"token"`
+	At           time.Time `json:"at"`
+	AcquireStart time.Time `json:"acquire_start,omitzero"`
 }
 
 // Write is one write to the register under a hold. A Late write was stamped while the hold was
@@ -53,15 +59,19 @@ type Write struct {
 	Token uint64    `json:"token"`
 	At    time.Time `json:"at"`
 	Late  bool      `json:"late,omitempty"`
+	Seq   int       `json:"seq,omitempty"` // the write's index in its hold, from 0
 }
 
 // End says the application stopped believing it held the lock at At, because it was done
 // (ReasonDone, about to release), was told the hold was lost (ReasonLost) or was refused as stale
-// (ReasonStale).
+// (ReasonStale). Told is, for ReasonLost, when the application saw the hold's Lost channel
+// closed; it is zero when the application gave the hold up without being told (a register it
+// could not reach).
 type End struct {
 	Hold   string    `json:"hold"`
 	At     time.Time `json:"at"`
 	Reason string    `json:"reason"`
+	Told   time.Time `json:"told,omitzero"`
 }
 
 // Reasons of an End.
@@ -69,6 +79,27 @@ const (
 	ReasonDone  = "done"
 	ReasonLost  = "lost"
 	ReasonStale = "stale"
+)
+
+// Release reports the application's Release of a hold, called at Start and returned at At with
+// Result ReleaseReleased, ReleaseLost (the SDK said the hold had been lost) or ReleaseError
+// (Error says why). It is sent after the End, for the history only: the register does not fence
+// it. BeginFailed says that the hold's Begin got no reply, so the register may not know the hold;
+// such a Release of an unknown hold is ignored rather than refused.
+type Release struct {
+	Hold        string    `json:"hold"`
+	Start       time.Time `json:"start"`
+	At          time.Time `json:"at"`
+	Result      string    `json:"result"`
+	Error       string    `json:"error,omitempty"`
+	BeginFailed bool      `json:"begin_failed,omitempty"`
+}
+
+// Results of a Release.
+const (
+	ReleaseReleased = ResultReleased
+	ReleaseLost     = ResultLost
+	ReleaseError    = ResultError
 )
 
 // Reply answers every message. A message refused as stale gets HTTP 409 and Accepted false.
@@ -90,6 +121,8 @@ type Register struct {
 	granted   chan struct{}
 	// badRequests are the first maxBadRequests errors of malformed messages.
 	badRequests []string
+	// ops is the history of every message accepted as well-formed, in the order recorded.
+	ops []Op
 }
 
 const maxBadRequests = 20
@@ -101,6 +134,7 @@ type hold struct {
 	ended        bool
 	reason       string
 	beginArrived time.Time
+	released     bool
 }
 
 // Counts are the register's tallies.
@@ -153,6 +187,12 @@ func (r *Register) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			err = r.End(m)
 			reply.Accepted = err == nil
 		}
+	case PathRelease:
+		var m Release
+		if err = dec.Decode(&m); err == nil {
+			err = r.Release(m)
+			reply.Accepted = err == nil
+		}
 	default:
 		http.NotFound(w, req)
 		return
@@ -190,7 +230,28 @@ func (r *Register) Begin(m Begin) (Reply, error) {
 	r.lastGrant = now
 	close(r.granted)
 	r.granted = make(chan struct{})
-	return r.fenceLocked(m.Hold, m.Token), nil
+	if !m.AcquireStart.IsZero() {
+		r.recordLocked(Op{Kind: KindAcquire, Hold: m.Hold, Pod: m.Pod, Token: m.Token, Start: m.AcquireStart, End: m.At, Result: ResultGranted})
+	}
+	reply := r.fenceLocked(m.Hold, m.Token)
+	r.recordLocked(fencedOp(Op{Kind: KindGrant, Hold: m.Hold, Pod: m.Pod, Token: m.Token, Start: m.At, End: now}, reply))
+	return reply, nil
+}
+
+// fencedOp sets op's result from reply.
+func fencedOp(op Op, reply Reply) Op {
+	op.Result = ResultAccepted
+	if !reply.Accepted {
+		op.Result, op.Reason = ResultRejected, reply.Reason
+	}
+	return op
+}
+
+// recordLocked appends op to the history. r.mu must be held.
+func (r *Register) recordLocked(op Op) {
+	op.ID = len(r.ops)
+	op.Start, op.End, op.Told = op.Start.UTC(), op.End.UTC(), op.Told.UTC()
+	r.ops = append(r.ops, op)
 }
 
 // Write fences one write of a known hold.
@@ -208,6 +269,7 @@ func (r *Register) Write(m Write) (Reply, error) {
 	}
 	h.last = later(h.last, m.At)
 	reply := r.fenceLocked(m.Hold, m.Token)
+	r.recordLocked(fencedOp(Op{Kind: KindWrite, Hold: m.Hold, Pod: h.pod, Token: m.Token, Seq: m.Seq, Late: m.Late, Start: m.At, End: time.Now()}, reply))
 	if reply.Accepted {
 		r.counts.Writes++
 	}
@@ -238,7 +300,53 @@ func (r *Register) End(m End) error {
 	h.ended, h.reason = true, m.Reason
 	h.last = later(h.last, m.At)
 	r.counts.Ends[m.Reason]++
+	op := Op{Kind: KindEnd, Hold: m.Hold, Pod: h.pod, Token: h.token, Start: m.At, End: time.Now(), Result: m.Reason}
+	if m.Reason == ReasonLost {
+		op.Told = m.Told
+	}
+	r.recordLocked(op)
 	return nil
+}
+
+// Release records the Release of a hold. It does not change the hold's interval or the fencing.
+func (r *Register) Release(m Release) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h, ok := r.holds[m.Hold]
+	switch {
+	case !ok && m.BeginFailed:
+		return nil // the Begin never arrived: nothing to record
+	case !ok:
+		return fmt.Errorf("release: unknown hold %q", m.Hold)
+	case h.released:
+		return fmt.Errorf("release: hold %q released twice", m.Hold)
+	case m.Result != ReleaseReleased && m.Result != ReleaseLost && m.Result != ReleaseError:
+		return fmt.Errorf("release: result %q is not %s, %s or %s", m.Result, ReleaseReleased, ReleaseLost, ReleaseError)
+	case m.Start.IsZero() || m.At.IsZero():
+		return errors.New("release: start and at are required")
+	}
+	h.released = true
+	r.recordLocked(Op{Kind: KindRelease, Hold: m.Hold, Pod: h.pod, Token: h.token, Start: m.Start, End: m.At, Result: m.Result, Reason: m.Error})
+	return nil
+}
+
+// History returns the operations recorded so far, in the order recorded, as a History without
+// faults or Lease changes; Start is the first operation's start (zero when there is none) and End
+// the time of the call.
+func (r *Register) History() *History {
+	r.mu.Lock()
+	ops := slices.Clone(r.ops)
+	r.mu.Unlock()
+	h := &History{Version: HistoryVersion, End: time.Now().UTC(), Ops: ops, Faults: []Fault{}, Leases: []LeaseChange{}}
+	if h.Ops == nil {
+		h.Ops = []Op{}
+	}
+	for _, op := range ops {
+		if h.Start.IsZero() || op.Start.Before(h.Start) {
+			h.Start = op.Start
+		}
+	}
+	return h
 }
 
 // fenceLocked accepts token from hold when no higher token, and no other hold with this token,
