@@ -18,10 +18,12 @@
 //
 // A client (one SDK instance in one process) opens a session, and every hold belongs to a
 // session: a Lease's holder identity is "<pod>/<session ID>", so two processes in one Pod, or two
-// sessions in one process, exclude each other. A session lives while keep-alives arrive within
-// its TTL. Its event stream, if open, is also a liveness signal: when the stream's connection
-// closes, the session ends at once, which is how the death of the client's process is noticed
-// within milliseconds. Ending a session, for any reason, fails its waits, withdraws its
+// sessions in one process, exclude each other. The session ID is public; every call on a session
+// carries the session's secret (wire.SessionKey), which only the client that opened it knows, so
+// no other process can release a hold or end a session that is not its own. A session lives
+// while keep-alives arrive within its TTL. Its event stream, if open, is also a liveness
+// signal: when the stream's connection closes, the session ends at once, which is how the
+// death of the client's process is noticed within milliseconds. Ending a session, for any reason, fails its waits, withdraws its
 // candidacies and releases its holds (the holder is cleared, so nobody waits for expiry).
 //
 // # Waiting without polling
@@ -53,7 +55,10 @@
 // that write after it started, and waits LeaseDuration > RenewDeadline from then, so the holder
 // is told before anyone else can take the Lease, by LeaseDuration - RenewDeadline (5 s by
 // default) less whatever its clock runs slow. A conflict on renewal (someone else changed the
-// Lease), a deletion of the Lease, or an observed change of its holder ends the hold at once.
+// Lease), a deletion of the Lease, an observed change of its holder, or any observed version of
+// it that this side-car did not write (a hand edit of its lease duration, say) ends the hold at
+// once, with a lost (or deposed) event: every end of a hold that its session did not ask for is
+// reported.
 //
 // # Fencing tokens
 //

@@ -10,14 +10,14 @@ import (
 
 // ---- Elections ----
 
-// Join makes session id a candidate in election name and returns the election's state. It
+// Join makes session k a candidate in election name and returns the election's state. It
 // returns at once; leadership is reported on the session's event stream. Joining twice is
 // harmless.
-func (e *Engine) Join(id, name string) (wire.ElectionState, error) {
+func (e *Engine) Join(k wire.SessionKey, name string) (wire.ElectionState, error) {
 	if err := wire.ValidateName(name); err != nil {
 		return wire.ElectionState{}, wire.Errorf(wire.CodeInvalidName, "invalid election name: %v", err)
 	}
-	s, err := e.session(id)
+	s, err := e.session(k)
 	if err != nil {
 		return wire.ElectionState{}, err
 	}
@@ -36,17 +36,17 @@ func (e *Engine) Join(id, name string) (wire.ElectionState, error) {
 	return n.state(now), nil
 }
 
-// Leave ends session id's candidacy in election name, releasing leadership if it leads.
-func (e *Engine) Leave(ctx context.Context, id, name string) error {
-	return e.holdOp(ctx, wire.KindElection, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
+// Leave ends session k's candidacy in election name, releasing leadership if it leads.
+func (e *Engine) Leave(ctx context.Context, k wire.SessionKey, name string) error {
+	return e.holdOp(ctx, wire.KindElection, k, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
 		return n.leave(s, now)
 	})
 }
 
-// Resign gives up session id's leadership of election name; it stays a candidate, but does not
+// Resign gives up session k's leadership of election name; it stays a candidate, but does not
 // contend again for RetryPeriod, so that another candidate takes over.
-func (e *Engine) Resign(ctx context.Context, id, name string) error {
-	return e.holdOp(ctx, wire.KindElection, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
+func (e *Engine) Resign(ctx context.Context, k wire.SessionKey, name string) error {
+	return e.holdOp(ctx, wire.KindElection, k, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
 		return n.resign(s, now)
 	})
 }

@@ -32,7 +32,7 @@ func TestGrantOnAbsentLeaseCreatesItAndStampsCreationRevision(t *testing.T) {
 		s := b.open()
 		before := b.api.WriteCount()
 
-		g := b.mustAcquire(s.ID, "Orders/EU")
+		g := b.mustAcquire(s.Key(), "Orders/EU")
 
 		lease := contract.LeaseName(wire.KindLock, "Orders/EU")
 		b.settle()
@@ -73,7 +73,7 @@ func TestTakeOverFreeLeaseTokenIsResourceVersionPlusOne(t *testing.T) {
 		b := newBed(t, "pod-a", api, nil)
 		s := b.open()
 
-		g := b.mustAcquire(s.ID, "jobs")
+		g := b.mustAcquire(s.Key(), "jobs")
 
 		if got, want := tokenNum(t, g.Token), tokenNum(t, free.ResourceVersion)+1; got != want {
 			t.Errorf("got token %d; want resourceVersion of the free Lease + 1 = %d", got, want)
@@ -106,7 +106,7 @@ func TestForeignHolderExpiresByObservedTime(t *testing.T) {
 				b := newBed(t, "pod-a", api, nil)
 				s := b.open()
 				start := b.clock.Now()
-				res := b.acquire(s.ID, "x", wire.AcquireRequest{})
+				res := b.acquire(s.Key(), "x", wire.AcquireRequest{})
 				settled(t, "waiters of x", func() int { return b.waiting(wire.KindLock, "x") }, 1)
 
 				elapsed := func() time.Duration { return b.clock.Since(start) }
@@ -151,7 +151,7 @@ func TestConflictWaitsForTheWinnersVersion(t *testing.T) {
 		})
 		b := newBed(t, "pod-a", api, nil)
 		s := b.open()
-		res := b.acquire(s.ID, "race", wire.AcquireRequest{})
+		res := b.acquire(s.Key(), "race", wire.AcquireRequest{})
 		settled(t, "observed holder of race", func() string {
 			holder, _ := b.observed(wire.KindLock, "race")
 			return holder
@@ -173,7 +173,7 @@ func TestRenewsEveryRenewPeriod(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBed(t, "pod-a", nil, nil)
 		s := b.open()
-		g := b.mustAcquire(s.ID, "r")
+		g := b.mustAcquire(s.Key(), "r")
 		for i := 1; i <= 3; i++ {
 			b.settle()
 			before := b.api.WriteCount()
@@ -209,8 +209,8 @@ func TestHoldLostNoLaterThanRenewDeadline(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				b := newBed(t, "pod-a", nil, nil)
 				s := b.open()
-				evs := b.events(s.ID)
-				g := b.mustAcquire(s.ID, "l")
+				evs := b.events(s.Key())
+				g := b.mustAcquire(s.Key(), "l")
 				restore := b.api.FailUpdates(g.Lease, tc.err(b.api, g.Lease))
 				defer restore()
 
@@ -229,7 +229,7 @@ func TestHoldLostNoLaterThanRenewDeadline(t *testing.T) {
 					t.Errorf("losses_total{reason=%s}: got %v; want 1", tc.reason, got)
 				}
 				// A lost hold is not held: releasing it is refused.
-				if err := b.e.Release(context.Background(), s.ID, "l"); codeOf(err) != wire.CodeNotHeld {
+				if err := b.e.Release(context.Background(), s.Key(), "l"); codeOf(err) != wire.CodeNotHeld {
 					t.Errorf("Release after loss: got %v; want %s", err, wire.CodeNotHeld)
 				}
 			})
@@ -241,19 +241,19 @@ func TestReleaseHandsOverInFIFOOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBed(t, "pod-a", nil, nil)
 		holder := b.open()
-		g := b.mustAcquire(holder.ID, "q")
+		g := b.mustAcquire(holder.Key(), "q")
 		var sessions []wire.Session
 		var results []<-chan acquireOutcome
 		for i := 0; i < 3; i++ {
 			s := b.open()
 			sessions = append(sessions, s)
-			results = append(results, b.acquire(s.ID, "q", wire.AcquireRequest{}))
+			results = append(results, b.acquire(s.Key(), "q", wire.AcquireRequest{}))
 			settled(t, "waiters of q", func() int { return b.waiting(wire.KindLock, "q") }, i+1)
 		}
 		prev := holder
 		last := tokenNum(t, g.Token)
 		for i, s := range sessions {
-			if err := b.e.Release(context.Background(), prev.ID, "q"); err != nil {
+			if err := b.e.Release(context.Background(), prev.Key(), "q"); err != nil {
 				t.Fatalf("Release by %s: got %v; want nil", prev.ID, err)
 			}
 			o := wait(t, results[i])
@@ -270,7 +270,7 @@ func TestReleaseHandsOverInFIFOOrder(t *testing.T) {
 			}
 			prev = s
 		}
-		if err := b.e.Release(context.Background(), prev.ID, "q"); err != nil {
+		if err := b.e.Release(context.Background(), prev.Key(), "q"); err != nil {
 			t.Fatalf("final Release: got %v; want nil", err)
 		}
 		if h := holderOfStored(b.api, g.Lease); h != "" {
@@ -280,12 +280,17 @@ func TestReleaseHandsOverInFIFOOrder(t *testing.T) {
 }
 
 func TestTryAndAlreadyHeld(t *testing.T) {
-	owner := func(owner, _ wire.Session) string { return owner.ID }
-	other := func(_, other wire.Session) string { return other.ID }
-	unknown := func(_, _ wire.Session) string { return "no-such-session" }
+	owner := func(owner, _ wire.Session) wire.SessionKey { return owner.Key() }
+	other := func(_, other wire.Session) wire.SessionKey { return other.Key() }
+	unknown := func(_, _ wire.Session) wire.SessionKey { return wire.SessionKey{ID: "no-such-session", Secret: "x"} }
+	// Another local process that read the holder identity: the ID, with no or a wrong secret.
+	noSecret := func(owner, _ wire.Session) wire.SessionKey { return wire.SessionKey{ID: owner.ID} }
+	wrongSecret := func(owner, other wire.Session) wire.SessionKey {
+		return wire.SessionKey{ID: owner.ID, Secret: other.Secret}
+	}
 	for _, tc := range []struct {
 		name       string
-		session    func(owner, other wire.Session) string
+		session    func(owner, other wire.Session) wire.SessionKey
 		lock       string
 		try        bool
 		want       wire.ErrorCode
@@ -297,6 +302,8 @@ func TestTryAndAlreadyHeld(t *testing.T) {
 		{"already held, try", owner, "local", true, wire.CodeAlreadyHeld, false},
 		{"already held, blocking", owner, "local", false, wire.CodeAlreadyHeld, false},
 		{"unknown session", unknown, "free2", true, wire.CodeNoSession, false},
+		{"no secret", noSecret, "free3", true, wire.CodeUnauthorized, false},
+		{"another session's secret", wrongSecret, "free4", false, wire.CodeUnauthorized, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -304,7 +311,7 @@ func TestTryAndAlreadyHeld(t *testing.T) {
 				api.Put(foreignLease(wire.KindLock, "foreign", "pod-z/0123", 15*time.Second))
 				b := newBed(t, "pod-a", api, nil)
 				ownerS, otherS := b.open(), b.open()
-				b.mustAcquire(ownerS.ID, "local")
+				b.mustAcquire(ownerS.Key(), "local")
 
 				b.settle()
 				before := api.WriteCount()
@@ -325,8 +332,8 @@ func TestAcquireTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBed(t, "pod-a", nil, nil)
 		owner, waiter := b.open(), b.open()
-		b.mustAcquire(owner.ID, "t")
-		res := b.acquire(waiter.ID, "t", wire.AcquireRequest{TimeoutMillis: 2000})
+		b.mustAcquire(owner.Key(), "t")
+		res := b.acquire(waiter.Key(), "t", wire.AcquireRequest{TimeoutMillis: 2000})
 		settled(t, "waiters of t", func() int { return b.waiting(wire.KindLock, "t") }, 1)
 		b.step(1999 * time.Millisecond)
 		quiet(t, res, "before the timeout")
@@ -347,7 +354,7 @@ func TestSessionEndReleasesHolds(t *testing.T) {
 		closed bool // EventClosed is expected on the stream
 	}{
 		{"closed by client", func(b *bed, s wire.Session, _ func()) {
-			if err := b.e.CloseSession(s.ID); err != nil {
+			if err := b.e.CloseSession(s.Key()); err != nil {
 				b.t.Fatalf("CloseSession: got %v; want nil", err)
 			}
 		}, true},
@@ -365,7 +372,7 @@ func TestSessionEndReleasesHolds(t *testing.T) {
 				evs := make(chan wire.Event, 10)
 				streamDone := make(chan error, 1)
 				go func() {
-					streamDone <- b.e.StreamEvents(ctx, s.ID, func(ev wire.Event) error {
+					streamDone <- b.e.StreamEvents(ctx, s.Key(), func(ev wire.Event) error {
 						if ev.Type != wire.EventPing {
 							evs <- ev
 						}
@@ -376,8 +383,8 @@ func TestSessionEndReleasesHolds(t *testing.T) {
 				if ev := next(t, evs); ev.Type != wire.EventReady {
 					t.Fatalf("got first event %+v; want ready", ev)
 				}
-				g := b.mustAcquire(s.ID, "held")
-				b.e.Join(s.ID, "led")
+				g := b.mustAcquire(s.Key(), "held")
+				b.e.Join(s.Key(), "led")
 				settled(t, "leader of led", func() string { return holderOfStored(b.api, contract.LeaseName(wire.KindElection, "led")) }, s.Holder)
 				if ev := next(t, evs); ev.Type != wire.EventElected {
 					t.Fatalf("got event %+v; want elected", ev)
@@ -393,7 +400,7 @@ func TestSessionEndReleasesHolds(t *testing.T) {
 					}
 				}
 				wait(t, streamDone)
-				if err := b.e.KeepAlive(s.ID); codeOf(err) != wire.CodeNoSession {
+				if err := b.e.KeepAlive(s.Key()); codeOf(err) != wire.CodeNoSession {
 					t.Errorf("KeepAlive after end: got %v; want %s", err, wire.CodeNoSession)
 				}
 			})
@@ -410,12 +417,12 @@ func TestKeepAliveExtendsSession(t *testing.T) {
 		}
 		for i := 0; i < 5; i++ {
 			b.step(900 * time.Millisecond)
-			if err := b.e.KeepAlive(s.ID); err != nil {
+			if err := b.e.KeepAlive(s.Key()); err != nil {
 				t.Fatalf("KeepAlive %d: got %v; want nil", i, err)
 			}
 		}
 		b.step(1000 * time.Millisecond)
-		settled(t, "KeepAlive after the TTL", func() wire.ErrorCode { return codeOf(b.e.KeepAlive(s.ID)) }, wire.CodeNoSession)
+		settled(t, "KeepAlive after the TTL", func() wire.ErrorCode { return codeOf(b.e.KeepAlive(s.Key())) }, wire.CodeNoSession)
 	})
 }
 
@@ -423,22 +430,22 @@ func TestElectionResignLeaveAndRecontend(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBed(t, "pod-a", nil, nil)
 		s1, s2 := b.open(), b.open()
-		ev1, ev2 := b.events(s1.ID), b.events(s2.ID)
+		ev1, ev2 := b.events(s1.Key()), b.events(s2.Key())
 
-		if _, err := b.e.Join(s1.ID, "leader"); err != nil {
+		if _, err := b.e.Join(s1.Key(), "leader"); err != nil {
 			t.Fatalf("Join s1: got %v; want nil", err)
 		}
 		e1 := next(t, ev1)
 		if e1.Type != wire.EventElected || e1.Grant.Holder != s1.Holder {
 			t.Fatalf("s1: got event %+v; want elected", e1)
 		}
-		if _, err := b.e.Join(s2.ID, "leader"); err != nil {
+		if _, err := b.e.Join(s2.Key(), "leader"); err != nil {
 			t.Fatalf("Join s2: got %v; want nil", err)
 		}
 		quiet(t, ev2, "s2 while s1 leads")
 
 		// s1 resigns: told deposed before s2 is elected, and sits out RetryPeriod.
-		if err := b.e.Resign(context.Background(), s1.ID, "leader"); err != nil {
+		if err := b.e.Resign(context.Background(), s1.Key(), "leader"); err != nil {
 			t.Fatalf("Resign: got %v; want nil", err)
 		}
 		if ev := next(t, ev1); ev.Type != wire.EventDeposed {
@@ -448,12 +455,12 @@ func TestElectionResignLeaveAndRecontend(t *testing.T) {
 		if e2.Type != wire.EventElected || tokenNum(t, e2.Grant.Token) <= tokenNum(t, e1.Grant.Token) {
 			t.Fatalf("s2: got event %+v; want elected with a token above %s", e2, e1.Grant.Token)
 		}
-		if err := b.e.Resign(context.Background(), s1.ID, "leader"); codeOf(err) != wire.CodeNotHeld {
+		if err := b.e.Resign(context.Background(), s1.Key(), "leader"); codeOf(err) != wire.CodeNotHeld {
 			t.Errorf("Resign by a non-leader: got %v; want %s", err, wire.CodeNotHeld)
 		}
 
 		// s2 resigns too: s1 is the only candidate but still sits out; the Lease stays free.
-		if err := b.e.Resign(context.Background(), s2.ID, "leader"); err != nil {
+		if err := b.e.Resign(context.Background(), s2.Key(), "leader"); err != nil {
 			t.Fatalf("Resign s2: got %v; want nil", err)
 		}
 		next(t, ev2) // deposed
@@ -468,7 +475,7 @@ func TestElectionResignLeaveAndRecontend(t *testing.T) {
 		}
 
 		// Leaving while leading deposes and releases; s2 takes over.
-		if err := b.e.Leave(context.Background(), s1.ID, "leader"); err != nil {
+		if err := b.e.Leave(context.Background(), s1.Key(), "leader"); err != nil {
 			t.Fatalf("Leave: got %v; want nil", err)
 		}
 		if ev := next(t, ev1); ev.Type != wire.EventDeposed {
@@ -477,7 +484,7 @@ func TestElectionResignLeaveAndRecontend(t *testing.T) {
 		if ev := next(t, ev2); ev.Type != wire.EventElected {
 			t.Fatalf("s2: got event %+v; want elected after s1 left", ev)
 		}
-		if err := b.e.Leave(context.Background(), s1.ID, "leader"); codeOf(err) != wire.CodeNotHeld {
+		if err := b.e.Leave(context.Background(), s1.Key(), "leader"); codeOf(err) != wire.CodeNotHeld {
 			t.Errorf("Leave by a non-candidate: got %v; want %s", err, wire.CodeNotHeld)
 		}
 	})
@@ -487,8 +494,8 @@ func TestLeaseDeletedWhileHeld(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBed(t, "pod-a", nil, nil)
 		s := b.open()
-		evs := b.events(s.ID)
-		if _, err := b.e.Join(s.ID, "e"); err != nil {
+		evs := b.events(s.Key())
+		if _, err := b.e.Join(s.Key(), "e"); err != nil {
 			t.Fatalf("Join: got %v; want nil", err)
 		}
 		first := next(t, evs)
@@ -513,7 +520,7 @@ func TestRefusesLeaseOfAnotherName(t *testing.T) {
 		call func(b *bed, s wire.Session) error
 	}{
 		{"acquire", func(b *bed, s wire.Session) error {
-			_, err := b.e.Acquire(context.Background(), s.ID, "x", wire.AcquireRequest{})
+			_, err := b.e.Acquire(context.Background(), s.Key(), "x", wire.AcquireRequest{})
 			return err
 		}},
 		{"state", func(b *bed, _ wire.Session) error { _, err := b.e.State(wire.KindLock, "x"); return err }},
@@ -545,7 +552,7 @@ func TestNonNumericResourceVersionFailsClearly(t *testing.T) {
 		b := newBed(t, "pod-a", api, nil)
 		api.SetResourceVersionFormat(func(r uint64) string { return "v" + strconv.FormatUint(r, 10) })
 		s := b.open()
-		_, err := b.e.Acquire(context.Background(), s.ID, "n", wire.AcquireRequest{})
+		_, err := b.e.Acquire(context.Background(), s.Key(), "n", wire.AcquireRequest{})
 		if codeOf(err) != wire.CodeInternal || !strings.Contains(err.Error(), "not a decimal integer") {
 			t.Fatalf("Acquire: got %v; want %s explaining the resourceVersion", err, wire.CodeInternal)
 		}
@@ -556,9 +563,9 @@ func TestShutdownReleasesAndRefuses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBed(t, "pod-a", nil, nil)
 		s1, s2 := b.open(), b.open()
-		g1 := b.mustAcquire(s1.ID, "a")
-		g2 := b.mustAcquire(s2.ID, "b")
-		waiter := b.acquire(s2.ID, "a", wire.AcquireRequest{})
+		g1 := b.mustAcquire(s1.Key(), "a")
+		g2 := b.mustAcquire(s2.Key(), "b")
+		waiter := b.acquire(s2.Key(), "a", wire.AcquireRequest{})
 		settled(t, "waiters of a", func() int { return b.waiting(wire.KindLock, "a") }, 1)
 		watchErr := make(chan error, 1)
 		go func() {
@@ -594,8 +601,8 @@ func TestHaltedSideCarIsTakenOverAfterLeaseDuration(t *testing.T) {
 		a := newBed(t, "pod-a", api, nil)
 		b := newBed(t, "pod-b", api, a.clock)
 		sa, sb := a.open(), b.open()
-		ga := a.mustAcquire(sa.ID, "shared")
-		res := b.acquire(sb.ID, "shared", wire.AcquireRequest{})
+		ga := a.mustAcquire(sa.Key(), "shared")
+		res := b.acquire(sb.Key(), "shared", wire.AcquireRequest{})
 		settled(t, "holder of shared as b sees it", func() string {
 			holder, _ := b.observed(wire.KindLock, "shared")
 			return holder
@@ -633,7 +640,7 @@ func TestStateAndWatch(t *testing.T) {
 		if first := wait(t, states); first.Held {
 			t.Fatalf("got first watched state %+v; want free", first)
 		}
-		if _, err := b.e.Join(s.ID, "w"); err != nil {
+		if _, err := b.e.Join(s.Key(), "w"); err != nil {
 			t.Fatalf("Join: got %v; want nil", err)
 		}
 		led := wait(t, states)
@@ -644,7 +651,7 @@ func TestStateAndWatch(t *testing.T) {
 		if err != nil || st.Holder != s.Holder || st.Token != led.Token {
 			t.Errorf("got State %+v, %v; want the watched state", st, err)
 		}
-		if err := b.e.Resign(context.Background(), s.ID, "w"); err != nil {
+		if err := b.e.Resign(context.Background(), s.Key(), "w"); err != nil {
 			t.Fatalf("Resign: got %v; want nil", err)
 		}
 		if free := wait(t, states); free.Held || free.Token != led.Token {
@@ -657,9 +664,9 @@ func TestMetricsCountGrantsAndHolds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBed(t, "pod-a", nil, nil)
 		s := b.open()
-		b.mustAcquire(s.ID, "m1")
-		b.mustAcquire(s.ID, "m2")
-		if _, err := b.e.Join(s.ID, "m3"); err != nil {
+		b.mustAcquire(s.Key(), "m1")
+		b.mustAcquire(s.Key(), "m2")
+		if _, err := b.e.Join(s.Key(), "m3"); err != nil {
 			t.Fatalf("Join: got %v; want nil", err)
 		}
 		settled(t, "elections held", func() int { return b.e.snapshot().holds[wire.KindElection] }, 1)
@@ -729,7 +736,7 @@ func TestWorkersExitWhenNothingDependsOnAName(t *testing.T) {
 		run  func(t *testing.T, b *bed, s wire.Session)
 	}{
 		{"waiter timed out", func(t *testing.T, b *bed, s wire.Session) {
-			res := b.acquire(s.ID, "busy", wire.AcquireRequest{TimeoutMillis: 1000})
+			res := b.acquire(s.Key(), "busy", wire.AcquireRequest{TimeoutMillis: 1000})
 			settled(t, "waiters of busy", func() int { return b.waiting(wire.KindLock, "busy") }, 1)
 			b.step(time.Second)
 			if o := wait(t, res); codeOf(o.err) != wire.CodeNotAcquired {
@@ -748,10 +755,10 @@ func TestWorkersExitWhenNothingDependsOnAName(t *testing.T) {
 			wait(t, done)
 		}},
 		{"candidate left", func(t *testing.T, b *bed, s wire.Session) {
-			if _, err := b.e.Join(s.ID, "busy"); err != nil {
+			if _, err := b.e.Join(s.Key(), "busy"); err != nil {
 				t.Fatalf("Join: got %v; want nil", err)
 			}
-			if err := b.e.Leave(context.Background(), s.ID, "busy"); err != nil {
+			if err := b.e.Leave(context.Background(), s.Key(), "busy"); err != nil {
 				t.Fatalf("Leave: got %v; want nil", err)
 			}
 		}},
@@ -764,6 +771,124 @@ func TestWorkersExitWhenNothingDependsOnAName(t *testing.T) {
 				s := b.open()
 				tc.run(t, b, s)
 				settled(t, "workers running", b.e.workersRunning, false)
+			})
+		})
+	}
+}
+
+// A session's ID is public (it is in the Lease holder identity); only its secret lets a caller
+// act for it. Every session call without it, or with another session's, is refused and changes
+// nothing: the holder keeps its lock and its leadership, and its session stays open.
+func TestSessionCallsNeedTheSecret(t *testing.T) {
+	calls := []struct {
+		name string
+		call func(b *bed, k wire.SessionKey) error
+	}{
+		{"keep-alive", func(b *bed, k wire.SessionKey) error { return b.e.KeepAlive(k) }},
+		{"close", func(b *bed, k wire.SessionKey) error { return b.e.CloseSession(k) }},
+		{"release", func(b *bed, k wire.SessionKey) error { return b.e.Release(context.Background(), k, "x") }},
+		{"acquire", func(b *bed, k wire.SessionKey) error {
+			_, err := b.e.Acquire(context.Background(), k, "y", wire.AcquireRequest{Try: true})
+			return err
+		}},
+		{"join", func(b *bed, k wire.SessionKey) error { _, err := b.e.Join(k, "f"); return err }},
+		{"leave", func(b *bed, k wire.SessionKey) error { return b.e.Leave(context.Background(), k, "e") }},
+		{"resign", func(b *bed, k wire.SessionKey) error { return b.e.Resign(context.Background(), k, "e") }},
+		{"events", func(b *bed, k wire.SessionKey) error {
+			return b.e.StreamEvents(context.Background(), k, func(wire.Event) error { return nil })
+		}},
+	}
+	for _, c := range calls {
+		for _, key := range []struct {
+			name string
+			of   func(owner, other wire.Session) wire.SessionKey
+		}{
+			{"no secret", func(owner, _ wire.Session) wire.SessionKey { return wire.SessionKey{ID: owner.ID} }},
+			{"another session's secret", func(owner, other wire.Session) wire.SessionKey {
+				return wire.SessionKey{ID: owner.ID, Secret: other.Secret}
+			}},
+			{"the secret with a byte changed", func(owner, _ wire.Session) wire.SessionKey {
+				s := []byte(owner.Secret)
+				s[len(s)-1] ^= 1
+				return wire.SessionKey{ID: owner.ID, Secret: string(s)}
+			}},
+		} {
+			t.Run(c.name+"/"+key.name, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					b := newBed(t, "pod-a", nil, nil)
+					owner, other := b.open(), b.open()
+					evs := b.events(owner.Key())
+					g := b.mustAcquire(owner.Key(), "x")
+					if _, err := b.e.Join(owner.Key(), "e"); err != nil {
+						t.Fatal(err)
+					}
+					if ev := next(t, evs); ev.Type != wire.EventElected {
+						t.Fatalf("got event %s; want %s", ev.Type, wire.EventElected)
+					}
+					b.settle()
+					before := b.api.WriteCount()
+					if err := c.call(b, key.of(owner, other)); codeOf(err) != wire.CodeUnauthorized {
+						t.Errorf("got %v; want code %s", err, wire.CodeUnauthorized)
+					}
+					b.settle()
+					if w := b.api.WritesSince(before); len(w) > 0 {
+						t.Errorf("got writes %q; want none", w)
+					}
+					quiet(t, evs, "the owner's events")
+					if h := holderOfStored(b.api, g.Lease); h != owner.Holder {
+						t.Errorf("got holder %q of x; want the owner %q", h, owner.Holder)
+					}
+					if err := b.e.KeepAlive(owner.Key()); err != nil {
+						t.Errorf("owner's keep-alive: got %v; want nil", err)
+					}
+				})
+			})
+		}
+	}
+}
+
+// Every end of a hold that its session did not ask for is reported to the session, whoever
+// caused it: a person deleting or editing the held Lease (its holder, its lease duration, its
+// token), or the side-car ending the session.
+func TestEveryForeignEndOfAHoldIsReported(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(b *bed, lease string)
+	}{
+		{"Lease deleted", func(b *bed, lease string) { b.api.Remove(lease) }},
+		{"holder changed", func(b *bed, lease string) {
+			l := b.api.Get(lease)
+			l.Spec.HolderIdentity = ptr("pod-z/someone")
+			b.api.Put(l)
+		}},
+		{"holder cleared", func(b *bed, lease string) {
+			l := b.api.Get(lease)
+			l.Spec.HolderIdentity = nil
+			b.api.Put(l)
+		}},
+		{"lease duration shortened", func(b *bed, lease string) {
+			l := b.api.Get(lease)
+			l.Spec.LeaseDurationSeconds = ptr(int32(1))
+			b.api.Put(l)
+		}},
+		{"token edited", func(b *bed, lease string) {
+			l := b.api.Get(lease)
+			l.Annotations[contract.AnnotationToken] = "1"
+			b.api.Put(l)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := newBed(t, "pod-a", nil, nil)
+				s := b.open()
+				evs := b.events(s.Key())
+				g := b.mustAcquire(s.Key(), "x")
+				b.settle()
+				tc.change(b, g.Lease)
+				ev := next(t, evs)
+				if ev.Type != wire.EventLost || ev.Grant == nil || ev.Grant.Token != g.Token {
+					t.Fatalf("got event %+v; want lost for token %s", ev, g.Token)
+				}
 			})
 		})
 	}

@@ -90,7 +90,7 @@ func (b *bed) open() wire.Session {
 }
 
 // events streams a session's events into a channel until the test ends.
-func (b *bed) events(id string) <-chan wire.Event {
+func (b *bed) events(id wire.SessionKey) <-chan wire.Event {
 	b.t.Helper()
 	ch := make(chan wire.Event, 100)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -117,7 +117,7 @@ type acquireOutcome struct {
 }
 
 // acquire starts Acquire in the background.
-func (b *bed) acquire(id, name string, req wire.AcquireRequest) <-chan acquireOutcome {
+func (b *bed) acquire(id wire.SessionKey, name string, req wire.AcquireRequest) <-chan acquireOutcome {
 	ch := make(chan acquireOutcome, 1)
 	go func() {
 		g, err := b.e.Acquire(context.Background(), id, name, req)
@@ -127,7 +127,7 @@ func (b *bed) acquire(id, name string, req wire.AcquireRequest) <-chan acquireOu
 }
 
 // mustAcquire acquires at once or fails the test.
-func (b *bed) mustAcquire(id, name string) wire.Grant {
+func (b *bed) mustAcquire(id wire.SessionKey, name string) wire.Grant {
 	b.t.Helper()
 	o := wait(b.t, b.acquire(id, name, wire.AcquireRequest{}))
 	if o.err != nil {

@@ -10,15 +10,15 @@ import (
 
 // ---- Locks ----
 
-// Acquire takes lock name for session id. See wire.AcquireRequest: with Try it makes one
+// Acquire takes lock name for session k. See wire.AcquireRequest: with Try it makes one
 // attempt; otherwise it waits, in FIFO order among this side-car's waiters, until the lock is
 // held, TimeoutMillis passes (wire.CodeNotAcquired) or ctx ends (the client went away; a grant
 // that races with it is released).
-func (e *Engine) Acquire(ctx context.Context, id, name string, req wire.AcquireRequest) (wire.Grant, error) {
+func (e *Engine) Acquire(ctx context.Context, k wire.SessionKey, name string, req wire.AcquireRequest) (wire.Grant, error) {
 	if err := checkAcquire(name, req); err != nil {
 		return wire.Grant{}, err
 	}
-	s, err := e.session(id)
+	s, err := e.session(k)
 	if err != nil {
 		return wire.Grant{}, err
 	}
@@ -61,11 +61,11 @@ func checkAcquire(name string, req wire.AcquireRequest) error {
 	return req.Validate()
 }
 
-// Release releases lock name held by session id, clearing the Lease's holder so that the next
+// Release releases lock name held by session k, clearing the Lease's holder so that the next
 // waiter anywhere takes it at once. It returns when the Lease has been written (or the write
 // has been given up; the Lease then expires by itself).
-func (e *Engine) Release(ctx context.Context, id, name string) error {
-	return e.holdOp(ctx, wire.KindLock, id, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
+func (e *Engine) Release(ctx context.Context, k wire.SessionKey, name string) error {
+	return e.holdOp(ctx, wire.KindLock, k, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
 		return n.releaseLock(s, now)
 	})
 }

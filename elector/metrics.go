@@ -33,6 +33,7 @@ const (
 	lossConflict = "conflict"
 	lossDeleted  = "deleted"
 	lossTaken    = "taken"
+	lossEdited   = "edited"
 )
 
 func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {

@@ -35,6 +35,7 @@ type nameState struct {
 	queue    []*contender          // lock waiters (FIFO) or election candidates (join order)
 	watchers map[*watcher]struct{} // streams following its state
 	running  bool                  // a worker goroutine runs
+	writing  bool                  // the worker's write is in flight: a new version may be its own
 }
 
 // contender is a local session that wants the Lease: one pending lock acquire, or one election
@@ -113,13 +114,13 @@ func (n *nameState) mismatch(kind wire.Kind, name string) error {
 	return nil
 }
 
-// holdOp runs op, which gives up something session id has in lock or election name, and waits
+// holdOp runs op, which gives up something session k has in lock or election name, and waits
 // until its write is done (or given up), ctx ends or the Engine halts.
-func (e *Engine) holdOp(ctx context.Context, kind wire.Kind, id, name string, op func(*nameState, *session, time.Time) (<-chan struct{}, error)) error {
+func (e *Engine) holdOp(ctx context.Context, kind wire.Kind, k wire.SessionKey, name string, op func(*nameState, *session, time.Time) (<-chan struct{}, error)) error {
 	if err := wire.ValidateName(name); err != nil {
 		return wire.Errorf(wire.CodeInvalidName, "invalid %s name: %v", kind, err)
 	}
-	s, err := e.session(id)
+	s, err := e.session(k)
 	if err != nil {
 		return err
 	}
@@ -129,9 +130,9 @@ func (e *Engine) holdOp(ctx context.Context, kind wire.Kind, id, name string, op
 	}
 	if n == nil {
 		if kind == wire.KindLock {
-			return wire.Errorf(wire.CodeNotHeld, "session %s does not hold lock %q", id, name)
+			return wire.Errorf(wire.CodeNotHeld, "session %s does not hold lock %q", k.ID, name)
 		}
-		return wire.Errorf(wire.CodeNotHeld, "session %s is not a candidate in election %q", id, name)
+		return wire.Errorf(wire.CodeNotHeld, "session %s is not a candidate in election %q", k.ID, name)
 	}
 	done, err := op(n, s, e.clock.Now())
 	n.mu.Unlock()

@@ -24,7 +24,7 @@ func TestReleaseDuringRenewIsNotPostponed(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBed(t, "pod-a", nil, nil)
 		s := b.open()
-		g := b.mustAcquire(s.ID, "x")
+		g := b.mustAcquire(s.Key(), "x")
 		entered, unblock := make(chan struct{}), make(chan struct{})
 		finishRenewal := sync.OnceFunc(func() { close(unblock) })
 		defer finishRenewal() // if the test fails first: a worker blocked for ever would deadlock the bubble
@@ -44,7 +44,7 @@ func TestReleaseDuringRenewIsNotPostponed(t *testing.T) {
 			t.Fatalf("got no renewal after a renew period; want one in flight")
 		}
 		done := make(chan error, 1)
-		go func() { done <- b.e.Release(context.Background(), s.ID, "x") }()
+		go func() { done <- b.e.Release(context.Background(), s.Key(), "x") }()
 		// Release registers while the renewal is in flight, and parks waiting for its write.
 		settled(t, "release requested during the renewal", func() bool { return b.releasing(wire.KindLock, "x") }, true)
 		quiet(t, done, "Release while the renewal is in flight")
@@ -71,10 +71,10 @@ func TestLocalWaiterWaitsOutLeaseAfterLoss(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBed(t, "pod-a", nil, nil)
 		a := b.open()
-		evs := b.events(a.ID)
-		g := b.mustAcquire(a.ID, "x")
+		evs := b.events(a.Key())
+		g := b.mustAcquire(a.Key(), "x")
 		other := b.open()
-		ch := b.acquire(other.ID, "x", wire.AcquireRequest{})
+		ch := b.acquire(other.Key(), "x", wire.AcquireRequest{})
 		settled(t, "waiters of x", func() int { return b.waiting(wire.KindLock, "x") }, 1)
 		restore := b.api.FailUpdates(g.Lease, apierrors.NewInternalError(errors.New("etcd slow")))
 		b.step(contract.DefaultRenewPeriod)
@@ -131,8 +131,8 @@ func TestShutdownTellsClientsBeforeReleasing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBed(t, "pod-a", nil, nil)
 		s := b.open()
-		evs := b.events(s.ID)
-		g := b.mustAcquire(s.ID, "x")
+		evs := b.events(s.Key())
+		g := b.mustAcquire(s.Key(), "x")
 		toldFirst := make(chan bool, 1)
 		b.api.Hook(func(verb string, l *coordinationv1.Lease) error {
 			if verb == "update" && l.Name == g.Lease && holderOf(l) == "" {

@@ -3,6 +3,7 @@ package elector
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
 	"slices"
@@ -22,6 +23,7 @@ const maxQueuedEvents = 1024
 // waits and election candidacies, all of which end when it ends.
 type session struct {
 	id     string
+	secret string // the session's credential; compared in constant time, never logged
 	holder string // "<pod>/<id>", the Lease holder identity of its holds
 	client string // free-form label from the client, for logs
 	ttl    time.Duration
@@ -55,13 +57,16 @@ func (e *Engine) OpenSession(req wire.OpenSessionRequest) (wire.Session, error) 
 	if err := e.accepting(); err != nil {
 		return wire.Session{}, err
 	}
-	var b [16]byte
+	// The ID is public (it is part of the Lease holder identity); the secret, 256 random bits,
+	// is the credential, returned once and never logged.
+	var b [16 + 32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return wire.Session{}, wire.Errorf(wire.CodeInternal, "generating a session ID: %v", err)
 	}
-	id := hex.EncodeToString(b[:])
+	id := hex.EncodeToString(b[:16])
 	s := &session{
 		id:        id,
+		secret:    hex.EncodeToString(b[16:]),
 		holder:    e.cfg.PodName + "/" + id,
 		client:    req.Client,
 		ttl:       ttl,
@@ -80,7 +85,7 @@ func (e *Engine) OpenSession(req wire.OpenSessionRequest) (wire.Session, error) 
 	s.expiry = e.clock.AfterFunc(ttl, e.expireFunc(s, 0))
 	s.mu.Unlock()
 	e.log.Info("session opened", "session", id, "holder", s.holder, "client", req.Client, "ttl", ttl)
-	return wire.Session{ID: id, Holder: s.holder, TTLMillis: ttl.Milliseconds()}, nil
+	return wire.Session{ID: id, Secret: s.secret, Holder: s.holder, TTLMillis: ttl.Milliseconds()}, nil
 }
 
 // expireFunc returns the keep-alive timer function of generation gen of s. It ends the session
@@ -99,23 +104,30 @@ func (e *Engine) expireFunc(s *session, gen uint64) func() {
 	}
 }
 
-// session returns the open session id.
-func (e *Engine) session(id string) (*session, error) {
+// session returns the open session that k names, if k carries its secret. The secret is
+// compared in constant time; a wrong one is refused before anything is looked at or changed.
+func (e *Engine) session(k wire.SessionKey) (*session, error) {
 	e.smu.Lock()
-	s := e.sessions[id]
+	s := e.sessions[k.ID]
 	e.smu.Unlock()
 	if s == nil {
 		if e.closing.Load() {
 			return nil, wire.Errorf(wire.CodeShuttingDown, "the side-car is shutting down")
 		}
-		return nil, wire.Errorf(wire.CodeNoSession, "no session %q: it was never opened, or it ended (closed, its event stream closed, or no keep-alive within its TTL)", id)
+		return nil, wire.Errorf(wire.CodeNoSession, "no session %q: it was never opened, or it ended (closed, its event stream closed, or no keep-alive within its TTL)", k.ID)
+	}
+	if k.Secret == "" {
+		return nil, wire.Errorf(wire.CodeUnauthorized, "a call on session %s needs the session's secret (%s: Bearer <secret>, as returned when the session was opened)", k.ID, wire.HeaderAuthorization)
+	}
+	if subtle.ConstantTimeCompare([]byte(k.Secret), []byte(s.secret)) != 1 {
+		return nil, wire.Errorf(wire.CodeUnauthorized, "the secret given for session %s is not its secret: only the client that opened a session can use it", k.ID)
 	}
 	return s, nil
 }
 
-// KeepAlive extends session id's life by its TTL.
-func (e *Engine) KeepAlive(id string) error {
-	s, err := e.session(id)
+// KeepAlive extends the life of session k by its TTL.
+func (e *Engine) KeepAlive(k wire.SessionKey) error {
+	s, err := e.session(k)
 	if err != nil {
 		return err
 	}
@@ -131,9 +143,9 @@ func (e *Engine) KeepAlive(id string) error {
 	return nil
 }
 
-// CloseSession ends session id, releasing all its holds.
-func (e *Engine) CloseSession(id string) error {
-	s, err := e.session(id)
+// CloseSession ends session k, releasing all its holds.
+func (e *Engine) CloseSession(k wire.SessionKey) error {
+	s, err := e.session(k)
 	if err != nil {
 		return err
 	}
@@ -141,13 +153,13 @@ func (e *Engine) CloseSession(id string) error {
 	return nil
 }
 
-// StreamEvents writes session id's events with emit: wire.EventReady first, then lost, elected,
+// StreamEvents writes session k's events with emit: wire.EventReady first, then lost, elected,
 // deposed and ping events, and wire.EventClosed last if the session ends. It returns when the
 // session ends, when emit fails, or when ctx ends; in the last two cases it ends the session,
 // because a client that stops reading its stream is taken for dead. A session has at most one
 // stream at a time (wire.CodeAlreadyHeld otherwise).
-func (e *Engine) StreamEvents(ctx context.Context, id string, emit func(wire.Event) error) error {
-	s, err := e.session(id)
+func (e *Engine) StreamEvents(ctx context.Context, k wire.SessionKey, emit func(wire.Event) error) error {
+	s, err := e.session(k)
 	if err != nil {
 		return err
 	}
@@ -158,7 +170,7 @@ func (e *Engine) StreamEvents(ctx context.Context, id string, emit func(wire.Eve
 	}
 	if s.streaming {
 		s.mu.Unlock()
-		return wire.Errorf(wire.CodeAlreadyHeld, "session %s already has an event stream; a session has at most one", id)
+		return wire.Errorf(wire.CodeAlreadyHeld, "session %s already has an event stream; a session has at most one", k.ID)
 	}
 	s.streaming = true
 	s.mu.Unlock()

@@ -139,6 +139,13 @@ func (n *nameState) observe(l *coordinationv1.Lease, deleted bool, now time.Time
 			} else {
 				n.lose(h, lossTaken, fmt.Sprintf("the Lease is now held by %q", holderOf(l)), now)
 			}
+		} else if h != nil && !n.writing {
+			// A version of the held Lease that this side-car did not write (it learns its own
+			// writes from their responses, and none is in flight): someone edited it, perhaps
+			// its lease duration, which others now count with. The hold can no longer be
+			// trusted. (A write of ours that timed out and landed later looks the same; losing
+			// the hold then costs availability, never safety.)
+			n.lose(h, lossEdited, "the Lease was changed by someone else (resourceVersion "+l.ResourceVersion+")", now)
 		}
 	}
 	if n.interested() {

@@ -94,8 +94,12 @@ func (n *nameState) run() {
 		n.mu.Unlock()
 
 		if a != nil {
+			n.mu.Lock()
+			n.writing = true
+			n.mu.Unlock()
 			r := n.do(a)
 			n.mu.Lock()
+			n.writing = false
 			n.apply(a, r, n.e.clock.Now())
 			n.mu.Unlock()
 			continue

@@ -220,7 +220,7 @@ func (c *Client) Close() error {
 	s.markEnded(ErrClosed)
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	_, err := c.do(ctx, request{method: http.MethodDelete, path: wire.SessionPath(s.id), noRetry: true})
+	_, err := c.do(ctx, request{method: http.MethodDelete, path: wire.SessionPath(s.id), secret: s.secret, noRetry: true})
 	s.stop(ErrClosed)
 	if err != nil && code(err) != wire.CodeNoSession {
 		return fmt.Errorf("sdk: ending session %s: %w", s.id, err)
@@ -286,8 +286,10 @@ func (c *Client) forget(s *session) {
 // request describes one call to the side-car.
 type request struct {
 	method, path string
-	body         any // JSON-encoded when non-nil
-	out          any // decoded from a 2xx body when non-nil
+	// secret is the session's secret, for calls on a session ("" for the others).
+	secret string
+	body   any // JSON-encoded when non-nil
+	out    any // decoded from a 2xx body when non-nil
 	// long lifts the per-attempt timeout: a blocking acquire waits as long as its context.
 	long bool
 	// stream returns a 2xx response with its body unread, for the caller to read and close.
@@ -373,6 +375,9 @@ func (c *Client) attempt(ctx context.Context, r request, body []byte) (resp *htt
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
+	if r.secret != "" {
+		req.Header.Set(wire.HeaderAuthorization, wire.SessionKey{Secret: r.secret}.Authorization())
+	}
 	if r.sent != nil {
 		*r.sent = time.Now()
 	}

@@ -172,7 +172,7 @@ func (e *Election) stand(ctx context.Context, s *session) error {
 
 	rctx, cancel := s.bind(ctx)
 	defer cancel()
-	_, err := e.c.do(rctx, request{method: http.MethodPut, path: wire.SessionElectionPath(s.id, e.name)})
+	_, err := e.c.do(rctx, request{method: http.MethodPut, path: wire.SessionElectionPath(s.id, e.name), secret: s.secret})
 	if err == nil {
 		return nil
 	}
@@ -260,7 +260,7 @@ func (e *Election) leave(ctx context.Context, s *session) {
 	}
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	_, err := e.c.do(dctx, request{method: http.MethodDelete, path: wire.SessionElectionPath(s.id, e.name)})
+	_, err := e.c.do(dctx, request{method: http.MethodDelete, path: wire.SessionElectionPath(s.id, e.name), secret: s.secret})
 	if err != nil && code(err) != wire.CodeNotFound && code(err) != wire.CodeNotHeld {
 		s.end(fmt.Errorf("could not leave election %q: %v", e.name, err))
 	}
@@ -361,7 +361,7 @@ func (e *Election) Resign(ctx context.Context) error {
 	}
 	rctx, cancel := s.bind(ctx)
 	defer cancel()
-	_, err := e.c.do(rctx, request{method: http.MethodPost, path: wire.SessionResignPath(s.id, e.name)})
+	_, err := e.c.do(rctx, request{method: http.MethodPost, path: wire.SessionResignPath(s.id, e.name), secret: s.secret})
 	switch {
 	case err == nil, code(err) == wire.CodeNotHeld:
 		return nil

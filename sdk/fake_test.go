@@ -345,14 +345,23 @@ func writeErr(w http.ResponseWriter, status int, code wire.ErrorCode, msg string
 	writeJSON(w, status, wire.Error{Code: code, Message: msg})
 }
 
-// session returns the live session of the request, or answers 404 no_session.
+// session returns the live session of the request, or answers 404 no_session, or 401
+// unauthorized when the request does not carry the session's secret, as the side-car does.
 func (f *fakeSidecar) sessionOf(w http.ResponseWriter, r *http.Request) *fakeSession {
 	s := f.sessions[r.PathValue("id")]
 	if s == nil {
 		writeErr(w, http.StatusNotFound, wire.CodeNoSession, "no session "+r.PathValue("id"))
+		return nil
+	}
+	if got := wire.SecretFromAuthorization(r.Header.Get(wire.HeaderAuthorization)); got != fakeSecret(s.id) {
+		writeErr(w, http.StatusUnauthorized, wire.CodeUnauthorized, fmt.Sprintf("got secret %q for session %s; want its own", got, s.id))
+		return nil
 	}
 	return s
 }
+
+// fakeSecret is the secret of the fake's session id.
+func fakeSecret(id string) string { return "secret-of-" + id }
 
 func (f *fakeSidecar) openSession(w http.ResponseWriter, r *http.Request) {
 	var req wire.OpenSessionRequest
@@ -366,7 +375,7 @@ func (f *fakeSidecar) openSession(w http.ResponseWriter, r *http.Request) {
 	f.sessions[id] = &fakeSession{id: id, events: make(chan []byte, 64), gone: make(chan struct{}), drop: make(chan struct{})}
 	f.opened = append(f.opened, id)
 	f.mu.Unlock()
-	writeJSON(w, http.StatusCreated, wire.Session{ID: id, Holder: "pod/" + id, TTLMillis: f.ttl.Milliseconds()})
+	writeJSON(w, http.StatusCreated, wire.Session{ID: id, Secret: fakeSecret(id), Holder: "pod/" + id, TTLMillis: f.ttl.Milliseconds()})
 }
 
 func (f *fakeSidecar) deleteSession(w http.ResponseWriter, r *http.Request) {

@@ -199,7 +199,7 @@ func (s *session) acquire(ctx context.Context, l *Lock, try bool) (*hold, error)
 			req.TimeoutMillis = min(ms, wire.MaxTimeout.Milliseconds())
 		}
 		var g wire.Grant
-		_, err := s.c.do(rctx, request{method: http.MethodPost, path: path, body: req, out: &g, long: !try, beforeRetry: cleanup})
+		_, err := s.c.do(rctx, request{method: http.MethodPost, path: path, secret: s.secret, body: req, out: &g, long: !try, beforeRetry: cleanup})
 		if err == nil {
 			return s.granted(le, l.name, g)
 		}
@@ -281,7 +281,7 @@ func (s *session) granted(le *lockEntry, name string, g wire.Grant) (*hold, erro
 // cleanup releases name on the session, in case the side-car granted it without the SDK knowing.
 // If the side-car cannot say, the session is ended, which releases everything it holds.
 func (s *session) cleanup(ctx context.Context, name string) error {
-	_, err := s.c.do(ctx, request{method: http.MethodDelete, path: wire.SessionLockPath(s.id, name), noRetry: true})
+	_, err := s.c.do(ctx, request{method: http.MethodDelete, path: wire.SessionLockPath(s.id, name), secret: s.secret, noRetry: true})
 	switch {
 	case err == nil, code(err) == wire.CodeNotHeld:
 		return nil
@@ -362,7 +362,7 @@ func (s *session) release(ctx context.Context, name string, h *hold) error {
 
 	rctx, cancel := s.bind(ctx)
 	defer cancel()
-	_, err := s.c.do(rctx, request{method: http.MethodDelete, path: wire.SessionLockPath(s.id, name)})
+	_, err := s.c.do(rctx, request{method: http.MethodDelete, path: wire.SessionLockPath(s.id, name), secret: s.secret})
 	switch {
 	case err == nil:
 		return nil

@@ -21,9 +21,10 @@ import (
 // gives them up), or when the Client is closed. Ending reports every hold lost before anything
 // else happens.
 type session struct {
-	c   *Client
-	id  string
-	ttl time.Duration
+	c      *Client
+	id     string
+	secret string // sent with every call on the session; never logged
+	ttl    time.Duration
 
 	// ctx ends, with the reason as its cause, when the session ends: requests made for the
 	// session are abandoned and its keep-alives stop. Only markEnded cancels it, holding mu,
@@ -75,7 +76,7 @@ func (c *Client) openSession(ctx context.Context) (*session, error) {
 			err: fmt.Errorf("session id %q, ttlMillis %d", ws.ID, ws.TTLMillis)})
 	}
 	s := &session{
-		c: c, id: ws.ID, ttl: time.Duration(ws.TTLMillis) * time.Millisecond,
+		c: c, id: ws.ID, secret: ws.Secret, ttl: time.Duration(ws.TTLMillis) * time.Millisecond,
 		locks: map[string]*lockEntry{}, elections: map[string]*Election{},
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
@@ -100,7 +101,7 @@ func (c *Client) openSession(ctx context.Context) (*session, error) {
 		// never opened.
 		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer dcancel()
-		_, _ = c.do(dctx, request{method: http.MethodDelete, path: wire.SessionPath(s.id), noRetry: true})
+		_, _ = c.do(dctx, request{method: http.MethodDelete, path: wire.SessionPath(s.id), secret: s.secret, noRetry: true})
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -120,7 +121,7 @@ func (c *Client) openSession(ctx context.Context) (*session, error) {
 
 // openStream opens the event stream and reads its first event, which must be ready.
 func (s *session) openStream() (*ndjsonReader, error) {
-	resp, err := s.c.do(s.conn, request{method: http.MethodGet, path: wire.SessionEventsPath(s.id), stream: true})
+	resp, err := s.c.do(s.conn, request{method: http.MethodGet, path: wire.SessionEventsPath(s.id), secret: s.secret, stream: true})
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +172,7 @@ func (s *session) keepAlive(lastSent time.Time) {
 	for sleep(s.ctx, time.Until(next)) {
 		sent := time.Now()
 		ctx, cancel := context.WithTimeout(s.ctx, s.deadline())
-		_, err := s.c.do(ctx, request{method: http.MethodPost, path: wire.SessionKeepAlivePath(s.id), noRetry: true})
+		_, err := s.c.do(ctx, request{method: http.MethodPost, path: wire.SessionKeepAlivePath(s.id), secret: s.secret, noRetry: true})
 		cancel()
 		switch {
 		case err == nil:

@@ -145,12 +145,44 @@ type OpenSessionRequest struct {
 
 // Session is the response to POST PathSessions (201 Created).
 type Session struct {
-	// ID identifies the session in paths.
+	// ID identifies the session in paths. It is public: it is part of Holder, which anyone
+	// can read.
 	ID string `json:"id"`
+	// Secret is the session's credential: every call on the session carries it in the
+	// Authorization header (see SessionKey.Authorization). It is sent once, in this response,
+	// and shown nowhere else; a call with a wrong or missing secret changes nothing and fails
+	// with CodeUnauthorized.
+	Secret string `json:"secret"`
 	// Holder is the Lease holder identity used for this session's holds: "<pod>/<session>".
 	Holder string `json:"holder"`
 	// TTLMillis is the session's TTL as granted.
 	TTLMillis int64 `json:"ttlMillis"`
+}
+
+// Key returns what names s in a call.
+func (s Session) Key() SessionKey { return SessionKey{ID: s.ID, Secret: s.Secret} }
+
+// SessionKey names a session in a call: its public ID, and the secret that proves the caller
+// is the client that opened it.
+type SessionKey struct {
+	ID, Secret string
+}
+
+// HeaderAuthorization carries a session's secret on every call on the session, as
+// "Bearer <secret>".
+const HeaderAuthorization = "Authorization"
+
+// Authorization returns the value of HeaderAuthorization for k.
+func (k SessionKey) Authorization() string { return "Bearer " + k.Secret }
+
+// SecretFromAuthorization returns the secret of an Authorization header value, "" if it has
+// none.
+func SecretFromAuthorization(v string) string {
+	scheme, secret, ok := strings.Cut(v, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(secret)
 }
 
 // AcquireRequest is the body of POST SessionLockPath. The zero value blocks until the lock is held
@@ -263,6 +295,7 @@ const (
 	CodeBadRequest      ErrorCode = "bad_request"        // 400: malformed body, unknown field
 	CodeInvalidName     ErrorCode = "invalid_name"       // 400: ValidateName failed
 	CodeInvalidTimeout  ErrorCode = "invalid_timeout"    // 400: timeout or TTL out of range
+	CodeUnauthorized    ErrorCode = "unauthorized"       // 401: a session call without its session's secret
 	CodeNotFound        ErrorCode = "not_found"          // 404: no such path or object
 	CodeNoSession       ErrorCode = "no_session"         // 404: unknown or ended session
 	CodeMethod          ErrorCode = "method_not_allowed" // 405

@@ -85,16 +85,16 @@ func (a *api) openSession(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) closeSession(w http.ResponseWriter, r *http.Request) {
-	reply(w, a.e.CloseSession(r.PathValue("id")))
+	reply(w, a.e.CloseSession(sessionKey(r)))
 }
 
 func (a *api) keepAlive(w http.ResponseWriter, r *http.Request) {
-	reply(w, a.e.KeepAlive(r.PathValue("id")))
+	reply(w, a.e.KeepAlive(sessionKey(r)))
 }
 
 func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	st := newStream(w)
-	err := a.e.StreamEvents(r.Context(), r.PathValue("id"), func(ev wire.Event) error { return st.send(ev) })
+	err := a.e.StreamEvents(r.Context(), sessionKey(r), func(ev wire.Event) error { return st.send(ev) })
 	if err != nil && !st.started {
 		writeError(w, err)
 	}
@@ -106,7 +106,7 @@ func (a *api) acquire(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	g, err := a.e.Acquire(r.Context(), r.PathValue("id"), r.PathValue("name"), req)
+	g, err := a.e.Acquire(r.Context(), sessionKey(r), r.PathValue("name"), req)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -115,11 +115,11 @@ func (a *api) acquire(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) release(w http.ResponseWriter, r *http.Request) {
-	reply(w, a.e.Release(r.Context(), r.PathValue("id"), r.PathValue("name")))
+	reply(w, a.e.Release(r.Context(), sessionKey(r), r.PathValue("name")))
 }
 
 func (a *api) join(w http.ResponseWriter, r *http.Request) {
-	st, err := a.e.Join(r.PathValue("id"), r.PathValue("name"))
+	st, err := a.e.Join(sessionKey(r), r.PathValue("name"))
 	if err != nil {
 		writeError(w, err)
 		return
@@ -128,11 +128,11 @@ func (a *api) join(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) leave(w http.ResponseWriter, r *http.Request) {
-	reply(w, a.e.Leave(r.Context(), r.PathValue("id"), r.PathValue("name")))
+	reply(w, a.e.Leave(r.Context(), sessionKey(r), r.PathValue("name")))
 }
 
 func (a *api) resign(w http.ResponseWriter, r *http.Request) {
-	reply(w, a.e.Resign(r.Context(), r.PathValue("id"), r.PathValue("name")))
+	reply(w, a.e.Resign(r.Context(), sessionKey(r), r.PathValue("name")))
 }
 
 func (a *api) lockState(w http.ResponseWriter, r *http.Request) {
@@ -158,6 +158,12 @@ func (a *api) watch(w http.ResponseWriter, r *http.Request) {
 	if err != nil && !st.started {
 		writeError(w, err)
 	}
+}
+
+// sessionKey returns the session a request names: the ID in its path, the secret in its
+// Authorization header.
+func sessionKey(r *http.Request) wire.SessionKey {
+	return wire.SessionKey{ID: r.PathValue("id"), Secret: wire.SecretFromAuthorization(r.Header.Get(wire.HeaderAuthorization))}
 }
 
 // decodeAcquire reads and checks the body of an acquire request (the name is checked by the
@@ -215,6 +221,8 @@ func statusOf(code wire.ErrorCode) int {
 	switch code {
 	case wire.CodeBadRequest, wire.CodeInvalidName, wire.CodeInvalidTimeout:
 		return http.StatusBadRequest
+	case wire.CodeUnauthorized:
+		return http.StatusUnauthorized
 	case wire.CodeNotFound, wire.CodeNoSession:
 		return http.StatusNotFound
 	case wire.CodeMethod:
@@ -245,6 +253,9 @@ func writeError(w http.ResponseWriter, err error) {
 	var we *wire.Error
 	if !errors.As(err, &we) {
 		we = &wire.Error{Code: wire.CodeInternal, Message: err.Error()}
+	}
+	if we.Code == wire.CodeUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="metaparticle-sync session"`)
 	}
 	writeJSON(w, statusOf(we.Code), we)
 }

@@ -87,9 +87,22 @@ func newHTTPBed(t *testing.T) *httpBed {
 
 func (h *httpBed) do(t *testing.T, method, path, contentType, body string) (*http.Response, []byte) {
 	t.Helper()
+	return h.doAuth(t, method, path, contentType, body, "")
+}
+
+// doAuth is do with the Authorization header auth (see httpRequestCase.auth).
+func (h *httpBed) doAuth(t *testing.T, method, path, contentType, body, auth string) (*http.Response, []byte) {
+	t.Helper()
 	req, err := http.NewRequest(method, h.srv.URL+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatalf("NewRequest(%s %s): got %v; want nil", method, path, err)
+	}
+	switch auth {
+	case "":
+		h.authorize(req, path)
+	case "-":
+	default:
+		req.Header.Set(wire.HeaderAuthorization, auth)
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
@@ -111,9 +124,13 @@ const jsonType = "application/json"
 // httpRequestCase is one request of TestHTTPRequests.
 type httpRequestCase struct {
 	name, method, path, ct, body string
-	// before, if set, makes the state the request is about, beyond that of newRequestsBed.
-	before func(t *testing.T, h *httpBed)
-	checks []checkFunc
+	// auth is the Authorization header: "" for the secret of the session in the path, as its
+	// client sends it; "-" for none.
+	auth string
+	// before, if set, makes the state the request is about, beyond that of newRequestsBed;
+	// after, if set, checks the state the request left.
+	before, after func(t *testing.T, h *httpBed)
+	checks        []checkFunc
 }
 
 // newRequestsBed is the bed of TestHTTPRequests: owner holds the lock "held", leads the
@@ -122,14 +139,14 @@ func newRequestsBed(t *testing.T) (h *httpBed, owner, other wire.Session) {
 	t.Helper()
 	h = newHTTPBed(t)
 	owner, other = h.open(), h.open()
-	h.mustAcquire(owner.ID, "held")
-	if _, err := h.e.Join(owner.ID, "e"); err != nil {
+	h.mustAcquire(owner.Key(), "held")
+	if _, err := h.e.Join(owner.Key(), "e"); err != nil {
 		t.Fatalf("Join: got %v; want nil", err)
 	}
 	settled(t, "leader of e", func() string { return holderOfStored(h.api, contract.LeaseName(wire.KindElection, "e")) }, owner.Holder)
 	streamCtx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	h.streamAttached(streamCtx, owner.ID)
+	h.streamAttached(streamCtx, owner.Key())
 	return h, owner, other
 }
 
@@ -179,8 +196,18 @@ func httpRequestCases(owner, other wire.Session) []httpRequestCase {
 			}
 		})}},
 		{name: "release a lock not held", method: "DELETE", path: wire.SessionLockPath(other.ID, "held"), checks: []checkFunc{hasCode(wire.CodeNotHeld)}},
+		// The holder identity is public (GET lock state, kubectl get lease): its session ID
+		// alone must not let another process act for the session.
+		{name: "release with the holder's ID and no secret", method: "DELETE", path: wire.SessionLockPath(owner.ID, "held"), auth: "-",
+			checks: []checkFunc{hasCode(wire.CodeUnauthorized), hasHeader("WWW-Authenticate", `Bearer realm="metaparticle-sync session"`)}, after: ownerStillHolds(owner)},
+		{name: "release with another session's secret", method: "DELETE", path: wire.SessionLockPath(owner.ID, "held"), auth: other.Key().Authorization(),
+			checks: []checkFunc{hasCode(wire.CodeUnauthorized)}, after: ownerStillHolds(owner)},
+		{name: "close with a malformed Authorization", method: "DELETE", path: wire.SessionPath(owner.ID), auth: "Basic " + owner.Secret,
+			checks: []checkFunc{hasCode(wire.CodeUnauthorized)}, after: ownerStillHolds(owner)},
+		{name: "events with no secret", method: "GET", path: wire.SessionEventsPath(other.ID), auth: "-", checks: []checkFunc{hasCode(wire.CodeUnauthorized)}},
+		{name: "keep-alive with no secret", method: "POST", path: wire.SessionKeepAlivePath(other.ID), auth: "-", checks: []checkFunc{hasCode(wire.CodeUnauthorized)}},
 		{name: "release", method: "DELETE", path: wire.SessionLockPath(other.ID, "free"), before: func(t *testing.T, h *httpBed) {
-			h.mustAcquire(other.ID, "free")
+			h.mustAcquire(other.Key(), "free")
 		}, checks: []checkFunc{hasStatus(204)}},
 		{name: "wrong method on a lock", method: "PUT", path: wire.SessionLockPath(other.ID, "x"), checks: []checkFunc{hasCode(wire.CodeMethod), hasHeader("Allow", "DELETE, POST")}},
 		{name: "stand in an election", method: "PUT", path: wire.SessionElectionPath(other.ID, "e"), checks: []checkFunc{hasStatus(200), decodesTo(func(t *testing.T, st wire.ElectionState) {
@@ -189,7 +216,7 @@ func httpRequestCases(owner, other wire.Session) []httpRequestCase {
 			}
 		})}},
 		{name: "resign without leading", method: "POST", path: wire.SessionResignPath(other.ID, "e"), before: func(t *testing.T, h *httpBed) {
-			if _, err := h.e.Join(other.ID, "e"); err != nil {
+			if _, err := h.e.Join(other.Key(), "e"); err != nil {
 				t.Fatalf("Join: got %v; want nil", err)
 			}
 		}, checks: []checkFunc{hasCode(wire.CodeNotHeld)}},
@@ -216,10 +243,24 @@ func httpRequestCases(owner, other wire.Session) []httpRequestCase {
 		{name: "unversioned path", method: "GET", path: "/locks/x", checks: []checkFunc{hasCode(wire.CodeNotFound)}},
 		{name: "close a session", method: "DELETE", path: oth, checks: []checkFunc{hasStatus(204)}},
 		{name: "use a closed session", method: "POST", path: wire.SessionKeepAlivePath(other.ID), before: func(t *testing.T, h *httpBed) {
-			if err := h.e.CloseSession(other.ID); err != nil {
+			if err := h.e.CloseSession(other.Key()); err != nil {
 				t.Fatalf("CloseSession: got %v; want nil", err)
 			}
 		}, checks: []checkFunc{hasCode(wire.CodeNoSession)}},
+	}
+}
+
+// ownerStillHolds checks that a refused request changed nothing for owner: it still holds
+// "held" and its session is open.
+func ownerStillHolds(owner wire.Session) func(t *testing.T, h *httpBed) {
+	return func(t *testing.T, h *httpBed) {
+		h.settle()
+		if got := holderOfStored(h.api, contract.LeaseName(wire.KindLock, "held")); got != owner.Holder {
+			t.Errorf("got holder %q of held; want the owner %q", got, owner.Holder)
+		}
+		if err := h.e.KeepAlive(owner.Key()); err != nil {
+			t.Errorf("owner's keep-alive: got %v; want nil", err)
+		}
 	}
 }
 
@@ -236,9 +277,12 @@ func TestHTTPRequests(t *testing.T) {
 					tc.before(t, h)
 					h.settle()
 				}
-				resp, body := h.do(t, tc.method, tc.path, tc.ct, tc.body)
+				resp, body := h.doAuth(t, tc.method, tc.path, tc.ct, tc.body, tc.auth)
 				for _, check := range tc.checks {
 					check(t, resp, body)
+				}
+				if tc.after != nil {
+					tc.after(t, h)
 				}
 			})
 		})
@@ -267,6 +311,7 @@ func readLines[T any](t *testing.T, body io.Reader) <-chan T {
 func (h *httpBed) get(t *testing.T, ctx context.Context, path string) *http.Response {
 	t.Helper()
 	req, _ := http.NewRequestWithContext(ctx, "GET", h.srv.URL+path, nil)
+	h.authorize(req, path)
 	resp, err := h.srv.Client.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: got %v; want a response", path, err)
@@ -326,12 +371,13 @@ func TestHTTPClientDisconnects(t *testing.T) {
 		{"event stream closed ends the session", func(h *httpBed, ctx context.Context, holder, _ wire.Session) {
 			h.get(h.t, ctx, wire.SessionEventsPath(holder.ID))
 		}, func(t *testing.T, h *httpBed, holder, _ wire.Session) {
-			settled(t, "keep-alive of the holder's session", func() wire.ErrorCode { return codeOf(h.e.KeepAlive(holder.ID)) }, wire.CodeNoSession)
+			settled(t, "keep-alive of the holder's session", func() wire.ErrorCode { return codeOf(h.e.KeepAlive(holder.Key())) }, wire.CodeNoSession)
 			settled(t, "holder of d", func() string { return holderOfStored(h.api, contract.LeaseName(wire.KindLock, "d")) }, "")
 		}},
 		{"blocking acquire abandoned", func(h *httpBed, ctx context.Context, _, waiter wire.Session) {
 			go func() {
 				req, _ := http.NewRequestWithContext(ctx, "POST", h.srv.URL+wire.SessionLockPath(waiter.ID, "d"), nil)
+				req.Header.Set(wire.HeaderAuthorization, waiter.Key().Authorization())
 				if resp, err := h.srv.Client.Do(req); err == nil {
 					resp.Body.Close()
 				}
@@ -339,7 +385,7 @@ func TestHTTPClientDisconnects(t *testing.T) {
 			settled(h.t, "waiters", func() int { return h.waiting(wire.KindLock) }, 1)
 		}, func(t *testing.T, h *httpBed, holder, waiter wire.Session) {
 			settled(t, "waiters after the client went", func() int { return h.waiting(wire.KindLock) }, 0)
-			if err := h.e.KeepAlive(waiter.ID); err != nil {
+			if err := h.e.KeepAlive(waiter.Key()); err != nil {
 				t.Errorf("keep-alive of the waiter's session: got %v; want nil (the session lives on)", err)
 			}
 			if got := holderOfStored(h.api, contract.LeaseName(wire.KindLock, "d")); got != holder.Holder {
@@ -351,7 +397,7 @@ func TestHTTPClientDisconnects(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				h := newHTTPBed(t)
 				holder, waiter := h.open(), h.open()
-				h.mustAcquire(holder.ID, "d")
+				h.mustAcquire(holder.Key(), "d")
 				ctx, cancel := context.WithCancel(context.Background())
 				tc.start(h, ctx, holder, waiter)
 				cancel()
@@ -379,7 +425,7 @@ func TestHTTPWatch(t *testing.T) {
 		if st := wait(t, states); st.Held || st.Name != "w" {
 			t.Fatalf("got first state %+v; want w free", st)
 		}
-		if _, err := h.e.Join(s.ID, "w"); err != nil {
+		if _, err := h.e.Join(s.Key(), "w"); err != nil {
 			t.Fatalf("Join: got %v; want nil", err)
 		}
 		if st := wait(t, states); !st.Held || st.Holder != s.Holder {

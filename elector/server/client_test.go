@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,10 +23,28 @@ type apiClient struct {
 	t    *testing.T
 	base string
 	hc   *http.Client
+
+	mu      sync.Mutex
+	secrets map[string]string // by session ID: the client sends its own sessions' secrets
 }
 
 func newAPIClient(t *testing.T, base string) *apiClient {
-	return &apiClient{t: t, base: base, hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+	return &apiClient{t: t, base: base, hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, secrets: map[string]string{}}
+}
+
+// authorize sets the Authorization header of a call on one of the client's own sessions.
+func (c *apiClient) authorize(req *http.Request, path string) {
+	rest, ok := strings.CutPrefix(path, wire.PathSessions+"/")
+	if !ok {
+		return
+	}
+	id, _, _ := strings.Cut(rest, "/")
+	c.mu.Lock()
+	secret := c.secrets[id]
+	c.mu.Unlock()
+	if secret != "" {
+		req.Header.Set(wire.HeaderAuthorization, wire.SessionKey{ID: id, Secret: secret}.Authorization())
+	}
 }
 
 // call sends a JSON request and decodes a 2xx response into out; a non-2xx response is returned
@@ -46,6 +65,7 @@ func (c *apiClient) call(ctx context.Context, method, path string, in, out any) 
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	c.authorize(req, path)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return err
@@ -74,6 +94,9 @@ func (c *apiClient) open(ttl time.Duration) wire.Session {
 	if err := c.call(context.Background(), "POST", wire.PathSessions, wire.OpenSessionRequest{TTLMillis: ttl.Milliseconds(), Client: c.t.Name()}, &s); err != nil {
 		c.t.Fatalf("opening a session: got %v; want a session", err)
 	}
+	c.mu.Lock()
+	c.secrets[s.ID] = s.Secret
+	c.mu.Unlock()
 	return s
 }
 
@@ -125,6 +148,7 @@ type stamped[T any] struct {
 func ndjson[T any](c *apiClient, ctx context.Context, path string) <-chan stamped[T] {
 	c.t.Helper()
 	req, _ := http.NewRequestWithContext(ctx, "GET", c.base+path, nil)
+	c.authorize(req, path)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		c.t.Fatalf("GET %s: got %v; want a response", path, err)

@@ -2,10 +2,10 @@ package server
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/metaparticle-io/sync/elector"
 	"github.com/metaparticle-io/sync/elector/internal/leasefake"
+	"github.com/metaparticle-io/sync/internal/pipenet"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -62,6 +63,8 @@ type bed struct {
 	clock *testingclock.FakeClock
 	e     *elector.Engine
 	reg   *prometheus.Registry
+
+	secrets sync.Map // session ID → secret, of the sessions open opened
 }
 
 // newBed starts an Engine for pod on api (a new fake if nil) with clock (a new one if nil).
@@ -96,11 +99,25 @@ func (b *bed) open() wire.Session {
 	if err != nil {
 		b.t.Fatalf("OpenSession: got %v; want nil", err)
 	}
+	b.secrets.Store(s.ID, s.Secret)
 	return s
 }
 
+// authorize sets the Authorization header of a request on one of the bed's sessions, as the
+// client that opened it would.
+func (b *bed) authorize(req *http.Request, path string) {
+	rest, ok := strings.CutPrefix(path, wire.PathSessions+"/")
+	if !ok {
+		return
+	}
+	id, _, _ := strings.Cut(rest, "/")
+	if secret, ok := b.secrets.Load(id); ok {
+		req.Header.Set(wire.HeaderAuthorization, wire.SessionKey{ID: id, Secret: secret.(string)}.Authorization())
+	}
+}
+
 // acquire starts Acquire in the background.
-func (b *bed) acquire(id, name string, req wire.AcquireRequest) <-chan acquireOutcome {
+func (b *bed) acquire(id wire.SessionKey, name string, req wire.AcquireRequest) <-chan acquireOutcome {
 	ch := make(chan acquireOutcome, 1)
 	go func() {
 		g, err := b.e.Acquire(context.Background(), id, name, req)
@@ -110,7 +127,7 @@ func (b *bed) acquire(id, name string, req wire.AcquireRequest) <-chan acquireOu
 }
 
 // mustAcquire acquires at once or fails the test.
-func (b *bed) mustAcquire(id, name string) wire.Grant {
+func (b *bed) mustAcquire(id wire.SessionKey, name string) wire.Grant {
 	b.t.Helper()
 	o := wait(b.t, b.acquire(id, name, wire.AcquireRequest{}))
 	if o.err != nil {
@@ -174,7 +191,7 @@ func (b *bed) step(d time.Duration) {
 
 // streamAttached starts session id's event stream, discarding its events, and returns once
 // the stream is attached (its ready event was written). The stream ends with ctx.
-func (b *bed) streamAttached(ctx context.Context, id string) {
+func (b *bed) streamAttached(ctx context.Context, id wire.SessionKey) {
 	b.t.Helper()
 	ready := make(chan struct{})
 	go func() {
@@ -261,7 +278,7 @@ type pipeServer struct {
 // error may linger in net/http's delay before the close, on the bubble's clock, which only runs
 // while the Cleanup waits). Call it inside the test's bubble.
 func newPipeServer(t *testing.T, h http.Handler) *pipeServer {
-	ln := &pipeListener{accept: make(chan net.Conn), done: make(chan struct{})}
+	ln := pipenet.NewListener(nil)
 	var conns sync.WaitGroup
 	srv := &http.Server{Handler: h, ConnState: func(_ net.Conn, st http.ConnState) {
 		switch st {
@@ -276,7 +293,7 @@ func newPipeServer(t *testing.T, h http.Handler) *pipeServer {
 		defer close(served)
 		_ = srv.Serve(ln)
 	}()
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return ln.dial(ctx) }}
+	tr := ln.Transport()
 	t.Cleanup(func() {
 		tr.CloseIdleConnections()
 		_ = srv.Close() // closes the listener and the server's end of every connection
@@ -285,48 +302,3 @@ func newPipeServer(t *testing.T, h http.Handler) *pipeServer {
 	})
 	return &pipeServer{URL: "http://side-car.test", Client: &http.Client{Transport: tr}}
 }
-
-// pipeListener hands the server ends of net.Pipe connections to an http.Server.
-type pipeListener struct {
-	accept chan net.Conn
-	done   chan struct{}
-	once   sync.Once
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.accept:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *pipeListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
-
-// dial returns the client end of a new connection once the server has accepted it.
-func (l *pipeListener) dial(ctx context.Context) (net.Conn, error) {
-	client, server := net.Pipe()
-	select {
-	case l.accept <- server:
-		return client, nil
-	case <-l.done:
-		client.Close()
-		server.Close()
-		return nil, errors.New("dial side-car: connection refused")
-	case <-ctx.Done():
-		client.Close()
-		server.Close()
-		return nil, ctx.Err()
-	}
-}
-
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "side-car.test:80" }

@@ -102,7 +102,7 @@ type legacyName struct {
 
 // legacyHold is this Pod's legacy hold of a lock: one Engine session.
 type legacyHold struct {
-	session string
+	session wire.SessionKey
 	grant   wire.Grant
 	lastPut time.Time          // Engine clock; protected by legacyName.mu
 	stop    context.CancelFunc // ends the follower, and so the session
@@ -181,7 +181,7 @@ func (a *legacyAPI) put(w http.ResponseWriter, r *http.Request) {
 			// heartbeating, once; a client that stopped for the TTL starts afresh.
 			ln.hold = nil
 			if now.Sub(h.lastPut) <= a.ttl {
-				a.e.Logger().Info("legacy lock lost since the last PUT; answering 409", "name", name, "session", h.session, "token", h.grant.Token, "reason", *reason)
+				a.e.Logger().Info("legacy lock lost since the last PUT; answering 409", "name", name, "session", h.session.ID, "token", h.grant.Token, "reason", *reason)
 				a.conflict(w, name)
 				return
 			}
@@ -203,9 +203,9 @@ func (a *legacyAPI) put(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	g, err := a.e.Acquire(r.Context(), s.ID, name, wire.AcquireRequest{Try: true})
+	g, err := a.e.Acquire(r.Context(), s.Key(), name, wire.AcquireRequest{Try: true})
 	if err != nil {
-		_ = a.e.CloseSession(s.ID)
+		_ = a.e.CloseSession(s.Key())
 		if wire.CodeOf(err) == wire.CodeNotAcquired {
 			a.conflict(w, name)
 			return
@@ -214,7 +214,7 @@ func (a *legacyAPI) put(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &legacyHold{session: s.ID, grant: g, lastPut: now, stop: cancel}
+	h := &legacyHold{session: s.Key(), grant: g, lastPut: now, stop: cancel}
 	ln.hold = h
 	a.mu.Lock()
 	ln.refs++ // the follower's

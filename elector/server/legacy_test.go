@@ -315,10 +315,10 @@ func TestLegacyIdentityIsThePod(t *testing.T) {
 
 		// A version-1 session of the same Pod is another holder: a try fails, a wait queues.
 		s := a.open()
-		if _, err := a.e.Acquire(context.Background(), s.ID, "shared", wire.AcquireRequest{Try: true}); codeOf(err) != wire.CodeNotAcquired {
+		if _, err := a.e.Acquire(context.Background(), s.Key(), "shared", wire.AcquireRequest{Try: true}); codeOf(err) != wire.CodeNotAcquired {
 			t.Fatalf("version-1 try while legacy callers hold: got %v; want %s", err, wire.CodeNotAcquired)
 		}
-		waiting := a.acquire(s.ID, "shared", wire.AcquireRequest{})
+		waiting := a.acquire(s.Key(), "shared", wire.AcquireRequest{})
 		settled(t, "lock waiters", func() int { return a.waiting(wire.KindLock) }, 1)
 		a.steps(10 * time.Second)
 		if r := first.heartbeat(); r.status != http.StatusOK {

@@ -59,7 +59,7 @@ func (a *app) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	if dead {
 		return nil, errors.New("the process is dead")
 	}
-	c, err := a.sc.ln.dial(ctx)
+	c, err := a.sc.ln.Dial(ctx)
 	if err != nil {
 		return nil, err
 	}

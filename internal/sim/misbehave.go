@@ -12,8 +12,9 @@ import (
 
 // foreignRelease is a misbehaving process in sc's Pod: it reads who holds lock name from the
 // side-car's public API and asks to release it with the session that the holder identity
-// names ("<pod>/<session>"). A side-car that takes the public holder identity as the session's
-// credential lets it, and the hold ends without its application being told.
+// names ("<pod>/<session>"), without the session's secret, which it cannot know. A side-car
+// that took the public holder identity as the session's credential let it, and the hold ended
+// without its application being told; now it must refuse (401), which the trace shows.
 func (w *World) foreignRelease(sc *sidecar, name string) {
 	hc := sc.httpClient()
 	defer hc.CloseIdleConnections()

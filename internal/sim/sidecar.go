@@ -2,7 +2,6 @@ package sim
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/metaparticle-io/sync/elector"
 	"github.com/metaparticle-io/sync/elector/server"
+	"github.com/metaparticle-io/sync/internal/pipenet"
 )
 
 // sidecar is one Pod's side-car: the real Engine and the real HTTP handler of elector/server,
@@ -23,7 +23,7 @@ type sidecar struct {
 	clock *Clock
 	e     *elector.Engine
 	srv   *http.Server
-	ln    *pipeListener
+	ln    *pipenet.Listener
 
 	// cut and frozen are protected by w.mu. They count overlapping faults.
 	cut    int // its API server connection is cut: its calls and events are held
@@ -47,7 +47,7 @@ func newSidecar(w *World, idx int, pod string, cfg elector.Config, rate float64,
 		return nil, err
 	}
 	sc.e = e
-	sc.ln = newPipeListener(sc)
+	sc.ln = pipenet.NewListener(func(c net.Conn) net.Conn { return &gatedConn{Conn: c, sc: sc} })
 	sc.srv = &http.Server{Handler: server.NewHandler(e)}
 	go func() { _ = sc.srv.Serve(sc.ln) }()
 	return sc, nil
@@ -95,69 +95,7 @@ func (sc *sidecar) running() {
 func (sc *sidecar) stop() {
 	sc.e.Halt()
 	_ = sc.ln.Close()
-	sc.ln.closeConns()
-	_ = sc.srv.Close()
-}
-
-// pipeListener serves a side-car's HTTP on in-memory connections (net.Pipe, whose operations
-// block durably inside a synctest bubble, unlike sockets).
-type pipeListener struct {
-	sc     *sidecar
-	accept chan net.Conn
-	done   chan struct{}
-	once   sync.Once
-
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-}
-
-func newPipeListener(sc *sidecar) *pipeListener {
-	return &pipeListener{sc: sc, accept: make(chan net.Conn), done: make(chan struct{}), conns: map[net.Conn]struct{}{}}
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.accept:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *pipeListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
-
-// dial connects a client to the side-car: the server end is gated by the side-car's freezes.
-func (l *pipeListener) dial(ctx context.Context) (net.Conn, error) {
-	client, srv := net.Pipe()
-	gc := &gatedConn{Conn: srv, sc: l.sc}
-	l.mu.Lock()
-	l.conns[client] = struct{}{}
-	l.mu.Unlock()
-	select {
-	case l.accept <- gc:
-		return client, nil
-	case <-l.done:
-		client.Close()
-		srv.Close()
-		return nil, errors.New("dial side-car: connection refused")
-	case <-ctx.Done():
-		client.Close()
-		srv.Close()
-		return nil, ctx.Err()
-	}
-}
-
-func (l *pipeListener) closeConns() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for c := range l.conns {
-		c.Close()
-	}
+	_ = sc.srv.Close() // closes the server's end of every connection
 }
 
 // gatedConn is the side-car's end of a connection: it neither reads nor writes while the
@@ -179,16 +117,5 @@ func (c *gatedConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "127.0.0.1:13131" }
-
 // httpClient returns an HTTP client whose connections go to sc.
-func (sc *sidecar) httpClient() *http.Client {
-	tr := &http.Transport{
-		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return sc.ln.dial(ctx) },
-		MaxIdleConnsPerHost: 16,
-	}
-	return &http.Client{Transport: tr}
-}
+func (sc *sidecar) httpClient() *http.Client { return &http.Client{Transport: sc.ln.Transport()} }

@@ -70,8 +70,9 @@ func startSidecarConfig(t *testing.T, cfg elector.Config) *sidecar {
 	return &sidecar{sidecartest.Start(t, env.Config, cfg), t}
 }
 
-// call makes a request of the side-car's HTTP API and decodes the answer into out, if any.
-func (sc *sidecar) call(method, path string, body, out any, wantStatus int) {
+// call makes a request of the side-car's HTTP API, on session k if k.ID is set, and decodes
+// the answer into out, if any.
+func (sc *sidecar) call(method, path string, k wire.SessionKey, body, out any, wantStatus int) {
 	sc.t.Helper()
 	var r io.Reader
 	if body != nil {
@@ -84,6 +85,9 @@ func (sc *sidecar) call(method, path string, body, out any, wantStatus int) {
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if k.ID != "" {
+		req.Header.Set(wire.HeaderAuthorization, k.Authorization())
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -102,21 +106,21 @@ func (sc *sidecar) call(method, path string, body, out any, wantStatus int) {
 }
 
 // session opens a session that lives for the test (the longest TTL, no keep-alives needed).
-func (sc *sidecar) session() string {
+func (sc *sidecar) session() wire.SessionKey {
 	var s wire.Session
-	sc.call(http.MethodPost, wire.PathSessions, wire.OpenSessionRequest{TTLMillis: 300000, Client: "syncctl test"}, &s, http.StatusCreated)
-	return s.ID
+	sc.call(http.MethodPost, wire.PathSessions, wire.SessionKey{}, wire.OpenSessionRequest{TTLMillis: 300000, Client: "syncctl test"}, &s, http.StatusCreated)
+	return s.Key()
 }
 
-// acquire takes lock name for session id, through the HTTP API, and returns the grant.
-func (sc *sidecar) acquire(id, name string) wire.Grant {
+// acquire takes lock name for session k, through the HTTP API, and returns the grant.
+func (sc *sidecar) acquire(k wire.SessionKey, name string) wire.Grant {
 	var g wire.Grant
-	sc.call(http.MethodPost, wire.SessionLockPath(id, name), nil, &g, http.StatusOK)
+	sc.call(http.MethodPost, wire.SessionLockPath(k.ID, name), k, nil, &g, http.StatusOK)
 	return g
 }
 
-func (sc *sidecar) release(id, name string) {
-	sc.call(http.MethodDelete, wire.SessionLockPath(id, name), nil, nil, http.StatusNoContent)
+func (sc *sidecar) release(k wire.SessionKey, name string) {
+	sc.call(http.MethodDelete, wire.SessionLockPath(k.ID, name), k, nil, nil, http.StatusNoContent)
 }
 
 // win makes a client of the Go SDK stand in election name, waits until it leads, and returns

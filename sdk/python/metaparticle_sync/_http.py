@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -127,6 +128,55 @@ def _parse(text, source):
     return Address(parts.hostname, port, source)
 
 
+#: The header that carries a session's secret on every call on the session, as "Bearer <secret>".
+HEADER_AUTHORIZATION = "Authorization"
+
+# RFC 9110's token68: what a Bearer credential may be made of (the side-car sends hex).
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+class Secret:
+    """A session's secret, as the side-car returned it when the session was opened. Calls on the
+    session send it as ``Authorization: Bearer <secret>``; it is shown nowhere else: its repr and
+    str are redacted, so that it stays out of logs, reprs and exception messages."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value):
+        self._value = value
+
+    @classmethod
+    def parse(cls, value):
+        """Returns the Secret of an open-session response's "secret" field, or None when the
+        side-car sent none (a side-car older than session secrets, which checks none). Raises
+        ValueError, without the value, when the field is not a valid Bearer credential."""
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str) or not _TOKEN68.fullmatch(value):
+            raise ValueError("the session secret is not a valid Bearer credential (%s, %d characters; not shown)" % (
+                type(value).__name__, len(value) if isinstance(value, str) else 0))
+        return cls(value)
+
+    def authorization(self):
+        """The value of the Authorization header."""
+        return "Bearer " + self._value
+
+    def __repr__(self):
+        return "<session secret: redacted>"
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        raise TypeError("a session secret cannot be pickled")
+
+
+def redacted(data):
+    """data (a decoded response) with a "secret" field replaced, for messages."""
+    if isinstance(data, dict) and "secret" in data:
+        data = dict(data, secret="<redacted>")
+    return data
+
+
 def escape_name(name):
     """Escapes a lock or election name as one path segment, like the Go wire.EscapeName."""
     if name in (".", ".."):
@@ -144,9 +194,12 @@ class Connection:
         self._mu = threading.Lock()
         self._aborted = False
 
-    def request(self, method, path, body=None):
-        """Sends a request and returns the http.client.HTTPResponse (not yet read)."""
+    def request(self, method, path, body=None, secret=None):
+        """Sends a request and returns the http.client.HTTPResponse (not yet read). A Secret
+        is sent in the Authorization header; None sends none."""
         headers = {"Accept": "application/json"}
+        if secret is not None:
+            headers[HEADER_AUTHORIZATION] = secret.authorization()
         payload = None
         if body is not None:
             payload = json.dumps(body).encode("utf-8")
@@ -181,14 +234,16 @@ class Connection:
             pass
 
 
-def call(address, method, path, body=None, timeout=None, conn_hook=None):
+def call(address, method, path, body=None, timeout=None, conn_hook=None, secret=None, sensitive=False):
     """Makes one request and returns its decoded JSON body (None for 204). Raises APIError for
-    an error status and _Transport when no response could be read."""
+    an error status and _Transport when no response could be read. secret (a Secret) is sent
+    in the Authorization header; sensitive keeps the body of a successful response (which
+    carries a secret) out of error messages."""
     conn = Connection(address, timeout)
     if conn_hook is not None:
         conn_hook(conn)
     try:
-        resp = conn.request(method, path, body)
+        resp = conn.request(method, path, body, secret)
         try:
             data = resp.read()
         except (OSError, http.client.HTTPException) as e:
@@ -197,11 +252,12 @@ def call(address, method, path, body=None, timeout=None, conn_hook=None):
         if conn_hook is not None:
             conn_hook(None)
         conn.close()
-    return decode(address, method, path, resp.status, data)
+    return decode(address, method, path, resp.status, data, sensitive)
 
 
-def decode(address, method, path, status, data):
-    """Decodes a response body, or raises APIError for a non-2xx status."""
+def decode(address, method, path, status, data, sensitive=False):
+    """Decodes a response body, or raises APIError for a non-2xx status. With sensitive, a
+    malformed successful response is not quoted in the error."""
     parsed = None
     if data:
         try:
@@ -210,7 +266,8 @@ def decode(address, method, path, status, data):
             parsed = None
     if 200 <= status < 300:
         if data and not isinstance(parsed, dict):
-            raise _Transport(ValueError("malformed response %r (is the side-car on this address?)" % data[:120]))
+            shown = ("of %d bytes, not shown" % len(data)) if sensitive else repr(data[:120])
+            raise _Transport(ValueError("malformed response %s (is the side-car on this address?)" % shown))
         return parsed
     if isinstance(parsed, dict) and isinstance(parsed.get("code"), str):
         raise APIError(method, path, status, parsed["code"], str(parsed.get("message", "")), address)
@@ -218,7 +275,7 @@ def decode(address, method, path, status, data):
     raise APIError(method, path, status, code, "response is not a side-car error body: %r" % data[:120], address)
 
 
-def call_with_retry(address, method, path, body=None, timeout=None, retry_timeout=30.0, stop=None):
+def call_with_retry(address, method, path, body=None, timeout=None, retry_timeout=30.0, stop=None, sensitive=False):
     """call, retrying transport failures and 503 answers (a side-car that is starting, stopping,
     or waiting for the API server) with exponential back-off and jitter, for up to
     retry_timeout seconds. Raises SidecarUnreachable when the side-car cannot be reached, the
@@ -227,7 +284,7 @@ def call_with_retry(address, method, path, body=None, timeout=None, retry_timeou
     backoff = _FIRST_BACKOFF
     while True:
         try:
-            return call(address, method, path, body, timeout)
+            return call(address, method, path, body, timeout, sensitive=sensitive)
         except _Transport as e:
             last = e
             if time.monotonic() >= give_up:

@@ -6,6 +6,13 @@ keep-alive thread POSTs /keepalive every TTL/3, and a reader thread holds the ev
 the stream ends the session at the side-car, releasing everything it holds; the operating system
 does that when the process dies.
 
+The session's ID is public (it is part of the holder identity "<pod>/<id>" that anyone can
+read), so the side-car also returns a secret when it opens the session, and every call on the
+session (keep-alive, events, locks, elections, close) carries it as
+``Authorization: Bearer <secret>``. The secret is kept in a _http.Secret, whose repr is
+redacted, and is never logged nor put in a message. A side-car that returns no secret (one older
+than session secrets) checks none, and then no Authorization header is sent.
+
 The session ends, exactly once, when the stream breaks or reports the session closed, when the
 side-car stays silent (not even a ping) for three quarters of the TTL, when no keep-alive is
 acknowledged for three quarters of the TTL, when the side-car says it no longer knows the
@@ -43,6 +50,7 @@ class Session:
         self.id = data["id"]
         self.holder = data.get("holder", "")
         self.ttl = data["ttlMillis"] / 1000.0
+        self._secret = _http.Secret.parse(data.get("secret"))  # None: an older side-car
         self._on_event = on_event
         self._on_end = on_end
         self._mu = threading.Lock()
@@ -52,6 +60,9 @@ class Session:
         self._stream = None
         self._closing = False
         self._acked = time.monotonic()
+
+    def __repr__(self):
+        return "<metaparticle_sync session %s %s at %s>" % (self.id, "ended" if self.ended else "open", self.address.hostport)
 
     @property
     def deadline(self):
@@ -68,10 +79,20 @@ class Session:
         sent = time.monotonic()
         body = {"ttlMillis": int(ttl * 1000), "client": "python-sdk/%s pid=%d %s" % (__version__, os.getpid(), label)}
         data = _http.call_with_retry(address, "POST", "/v1/sessions", body, timeout=max(ttl, 5.0),
-                                     retry_timeout=retry_timeout, stop=stop)
-        if not isinstance(data, dict) or not data.get("id") or not isinstance(data.get("ttlMillis"), int) or data["ttlMillis"] <= 0:
-            raise _http.SyncError("POST /v1/sessions: malformed response %r (is the side-car at %s?)" % (data, address.hostport))
-        s = cls(address, data, on_event, on_end)
+                                     retry_timeout=retry_timeout, stop=stop, sensitive=True)
+        if (not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]
+                or not isinstance(data.get("ttlMillis"), int) or data["ttlMillis"] <= 0):
+            raise _http.SyncError("POST /v1/sessions: malformed response %r (is the side-car at %s?)" % (
+                _http.redacted(data), address.hostport))
+        try:
+            s = cls(address, data, on_event, on_end)
+        except ValueError as e:
+            # The side-car opened a session this client cannot use. Without a usable secret it
+            # cannot be closed either; it ends when its TTL passes without a keep-alive.
+            raise _http.SyncError("POST /v1/sessions: %s (is the side-car at %s?)" % (e, address.hostport)) from None
+        if s._secret is None:
+            log.debug("metaparticle_sync: the side-car at %s returned no session secret (it predates them): "
+                      "calls on session %s carry no Authorization header", address.hostport, s.id)
         s._acked = sent
         try:
             s._open_stream()
@@ -87,7 +108,7 @@ class Session:
         conn = _http.Connection(self.address, timeout=self.deadline)
         self._stream = conn
         try:
-            resp = conn.request("GET", path)
+            resp = conn.request("GET", path, secret=self._secret)
         except _http._Transport as e:
             raise _http.SidecarUnreachable(self.address, e) from None
         if resp.status != 200:
@@ -149,6 +170,11 @@ class Session:
                 if e.code == "no_session":
                     self.end("the side-car no longer knows the session: %s" % e.message)
                     return
+                if e.code == "unauthorized":
+                    # The side-car refuses this client's secret for the session: it cannot
+                    # keep the session alive, so give it up now rather than at the deadline.
+                    self.end("the side-car refused the session's secret: %s" % e.message)
+                    return
                 nxt = time.monotonic() + min(0.2, every / 3)
             except _http._Transport:
                 nxt = time.monotonic() + min(0.2, every / 3)
@@ -173,7 +199,7 @@ class Session:
                     conn.abort()
 
         try:
-            return _http.call(self.address, method, path, body, timeout, conn_hook=hook)
+            return _http.call(self.address, method, path, body, timeout, conn_hook=hook, secret=self._secret)
         except (_http._Transport, _http.APIError):
             if self.ended:
                 raise SessionEnded(self.end_reason) from None
@@ -204,7 +230,8 @@ class Session:
             self._closing = True  # the side-car's "closed" event is no news
         if not self.ended:
             try:
-                _http.call(self.address, "DELETE", "/v1/sessions/%s" % self.id, timeout=max(1.0, self.deadline))
+                _http.call(self.address, "DELETE", "/v1/sessions/%s" % self.id, timeout=max(1.0, self.deadline),
+                           secret=self._secret)
             except (_http._Transport, _http.APIError):
                 pass  # closing the event stream below ends the session all the same
         self.end("closed by the application", notify=notify)
