@@ -400,7 +400,7 @@ func TestSessionEndReleasesHolds(t *testing.T) {
 					}
 				}
 				wait(t, streamDone)
-				if err := b.e.KeepAlive(s.Key()); codeOf(err) != wire.CodeNoSession {
+				if _, err := b.e.KeepAlive(s.Key()); codeOf(err) != wire.CodeNoSession {
 					t.Errorf("KeepAlive after end: got %v; want %s", err, wire.CodeNoSession)
 				}
 			})
@@ -417,12 +417,12 @@ func TestKeepAliveExtendsSession(t *testing.T) {
 		}
 		for i := 0; i < 5; i++ {
 			b.step(900 * time.Millisecond)
-			if err := b.e.KeepAlive(s.Key()); err != nil {
+			if _, err := b.e.KeepAlive(s.Key()); err != nil {
 				t.Fatalf("KeepAlive %d: got %v; want nil", i, err)
 			}
 		}
 		b.step(1000 * time.Millisecond)
-		settled(t, "KeepAlive after the TTL", func() wire.ErrorCode { return codeOf(b.e.KeepAlive(s.Key())) }, wire.CodeNoSession)
+		settled(t, "KeepAlive after the TTL", func() wire.ErrorCode { return codeOf(second(b.e.KeepAlive(s.Key()))) }, wire.CodeNoSession)
 	})
 }
 
@@ -784,7 +784,7 @@ func TestSessionCallsNeedTheSecret(t *testing.T) {
 		name string
 		call func(b *bed, k wire.SessionKey) error
 	}{
-		{"keep-alive", func(b *bed, k wire.SessionKey) error { return b.e.KeepAlive(k) }},
+		{"keep-alive", func(b *bed, k wire.SessionKey) error { _, err := b.e.KeepAlive(k); return err }},
 		{"close", func(b *bed, k wire.SessionKey) error { return b.e.CloseSession(k) }},
 		{"release", func(b *bed, k wire.SessionKey) error { return b.e.Release(context.Background(), k, "x") }},
 		{"acquire", func(b *bed, k wire.SessionKey) error {
@@ -838,7 +838,7 @@ func TestSessionCallsNeedTheSecret(t *testing.T) {
 					if h := holderOfStored(b.api, g.Lease); h != owner.Holder {
 						t.Errorf("got holder %q of x; want the owner %q", h, owner.Holder)
 					}
-					if err := b.e.KeepAlive(owner.Key()); err != nil {
+					if _, err := b.e.KeepAlive(owner.Key()); err != nil {
 						t.Errorf("owner's keep-alive: got %v; want nil", err)
 					}
 				})
@@ -892,4 +892,51 @@ func TestEveryForeignEndOfAHoldIsReported(t *testing.T) {
 			})
 		})
 	}
+}
+
+// A hold's validity, as acquire and keep-alive report it, runs to the renew deadline of its last
+// successful write: renewals extend it, and while renewals fail it shrinks to zero, which is
+// when the side-car declares the hold lost. A client that counts it from when it sent its
+// request is told no later than the side-car's own deadline, whatever its session TTL.
+func TestValidityRunsToTheRenewDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		s := b.open()
+		evs := b.events(s.Key())
+		g := b.mustAcquire(s.Key(), "x")
+		rd, rp := contract.DefaultRenewDeadline, contract.DefaultRenewPeriod
+		if g.ValidForMillis != rd.Milliseconds() {
+			t.Fatalf("got grant validity %d ms; want the renew deadline %d", g.ValidForMillis, rd.Milliseconds())
+		}
+		validity := func() int64 {
+			t.Helper()
+			r, err := b.e.KeepAlive(s.Key())
+			if err != nil || len(r.Holds) != 1 || r.Holds[0].Token != g.Token {
+				t.Fatalf("got %+v, %v; want the one hold", r, err)
+			}
+			return r.Holds[0].ValidForMillis
+		}
+		b.step(rp / 2)
+		if got, want := validity(), (rd - rp/2).Milliseconds(); got != want {
+			t.Errorf("half a renew period after the grant: got validity %d ms; want %d", got, want)
+		}
+		b.step(rp / 2) // the renewal
+		if got, want := validity(), rd.Milliseconds(); got != want {
+			t.Errorf("after a renewal: got validity %d ms; want %d", got, want)
+		}
+		restore := b.api.FailUpdates(g.Lease, apierrors.NewInternalError(errors.New("etcd slow")))
+		defer restore()
+		b.step(rp) // the renewal fails; retries follow
+		if got, want := validity(), (rd - rp).Milliseconds(); got != want {
+			t.Errorf("one failed renewal later: got validity %d ms; want %d", got, want)
+		}
+		quiet(t, evs, "events before the renew deadline")
+		b.step(rd - rp) // the renew deadline of the last successful write
+		if ev := next(t, evs); ev.Type != wire.EventLost {
+			t.Fatalf("got event %+v; want lost at the renew deadline, when the validity ran out", ev)
+		}
+		if r, err := b.e.KeepAlive(s.Key()); err != nil || len(r.Holds) != 0 {
+			t.Errorf("after the loss: got %+v, %v; want no holds", r, err)
+		}
+	})
 }

@@ -239,3 +239,6 @@ func (b *bed) releasing(kind wire.Kind, name string) bool {
 	defer n.mu.Unlock()
 	return n.hold != nil && n.hold.release
 }
+
+// second returns the error of a call that also returns a value.
+func second[T any](_ T, err error) error { return err }

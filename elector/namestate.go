@@ -64,6 +64,14 @@ type hold struct {
 	released chan struct{} // closed when the hold ends (released, given up or lost)
 }
 
+// validFor returns, in milliseconds, how long after now hold h is guaranteed: until its renew
+// deadline, when this side-car declares it lost, which is before anyone else may take the
+// Lease (they wait LeaseDuration from when they first saw the write that began at
+// renewStart). Called with n.mu held.
+func (n *nameState) validFor(h *hold, now time.Time) int64 {
+	return max(0, h.renewStart.Add(n.e.cfg.RenewDeadline).Sub(now).Milliseconds())
+}
+
 func newNameState(e *Engine, lease string, kind wire.Kind, name string) *nameState {
 	return &nameState{
 		e:        e,

@@ -1,6 +1,7 @@
 package elector
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -85,7 +86,10 @@ func (e *Engine) OpenSession(req wire.OpenSessionRequest) (wire.Session, error) 
 	s.expiry = e.clock.AfterFunc(ttl, e.expireFunc(s, 0))
 	s.mu.Unlock()
 	e.log.Info("session opened", "session", id, "holder", s.holder, "client", req.Client, "ttl", ttl)
-	return wire.Session{ID: id, Secret: s.secret, Holder: s.holder, TTLMillis: ttl.Milliseconds()}, nil
+	// Keep-alives must come often enough for the session (a third of its TTL) and for its
+	// holds: a renewed hold is valid for at least RenewDeadline - RenewPeriod.
+	every := min(ttl/3, (e.cfg.RenewDeadline-e.cfg.RenewPeriod)/2)
+	return wire.Session{ID: id, Secret: s.secret, Holder: s.holder, TTLMillis: ttl.Milliseconds(), KeepAliveMillis: every.Milliseconds()}, nil
 }
 
 // expireFunc returns the keep-alive timer function of generation gen of s. It ends the session
@@ -126,21 +130,38 @@ func (e *Engine) session(k wire.SessionKey) (*session, error) {
 }
 
 // KeepAlive extends the life of session k by its TTL.
-func (e *Engine) KeepAlive(k wire.SessionKey) error {
+func (e *Engine) KeepAlive(k wire.SessionKey) (wire.KeepAliveResponse, error) {
 	s, err := e.session(k)
 	if err != nil {
-		return err
+		return wire.KeepAliveResponse{}, err
 	}
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
-		return s.endErr()
+		return wire.KeepAliveResponse{}, s.endErr()
 	}
 	s.gen++
 	s.expiry.Stop()
 	s.expiry = e.clock.AfterFunc(s.ttl, e.expireFunc(s, s.gen))
+	names := make([]*nameState, 0, len(s.interests))
+	for n := range s.interests {
+		names = append(names, n)
+	}
 	s.mu.Unlock()
-	return nil
+	// Lock order: a nameState's mu before a session's; s.mu is not held here.
+	resp := wire.KeepAliveResponse{Holds: []wire.HoldValidity{}}
+	now := e.clock.Now()
+	for _, n := range names {
+		n.mu.Lock()
+		if h := n.hold; h != nil && h.s == s && !h.release {
+			resp.Holds = append(resp.Holds, wire.HoldValidity{Kind: n.kind, Name: n.name, Token: h.grant.Token, ValidForMillis: n.validFor(h, now)})
+		}
+		n.mu.Unlock()
+	}
+	slices.SortFunc(resp.Holds, func(a, b wire.HoldValidity) int {
+		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))
+	})
+	return resp, nil
 }
 
 // CloseSession ends session k, releasing all its holds.

@@ -359,9 +359,11 @@ func (n *nameState) granted(a *action, token uint64, now time.Time) {
 		n.requestRelease(h, "the contender went away during the grant", now)
 		return
 	}
+	g := h.grant
+	g.ValidForMillis = n.validFor(h, now)
 	if n.kind == wire.KindLock {
 		log.Info("lock acquired", "waited", now.Sub(c.since))
-		n.answer(c, h.grant, nil, "granted")
+		n.answer(c, g, nil, "granted")
 		for _, x := range append([]*contender(nil), n.queue...) {
 			if x.s == c.s {
 				n.answer(x, wire.Grant{}, wire.Errorf(wire.CodeAlreadyHeld, "session %s already holds lock %q (token %s)", c.s.id, n.name, h.grant.Token), "failed")
@@ -371,7 +373,7 @@ func (n *nameState) granted(a *action, token uint64, now time.Time) {
 	}
 	h.c = c
 	log.Info("elected", "waited", now.Sub(c.since))
-	n.post(c.s, wire.Event{Type: wire.EventElected, Kind: n.kind, Grant: ptr(h.grant)})
+	n.post(c.s, wire.Event{Type: wire.EventElected, Kind: n.kind, Grant: ptr(g)})
 }
 
 // grantFailed handles a failed create or take.

@@ -35,6 +35,11 @@ type Election struct {
 	hasResigned bool
 	term        *term         // the term whose elected function runs; nil when none
 	notify      chan struct{} // capacity 1: the state above changed
+	// pending is the token of an elected event that no keep-alive has confirmed yet.
+	pending    uint64
+	hasPending bool
+	until      time.Time   // leadership is trusted until then (zero: no validity known)
+	expiry     *time.Timer // deposes at until
 }
 
 // term is one tenure of leadership as the elected function sees it.
@@ -283,6 +288,10 @@ func (e *Election) unregister(s *session) {
 func (e *Election) elected(s *session, token uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.electedLocked(s, token)
+}
+
+func (e *Election) electedLocked(s *session, token uint64) {
 	if e.s != s || (e.hasResigned && token <= e.resigned) {
 		return
 	}
@@ -291,6 +300,55 @@ func (e *Election) elected(s *session, token uint64) {
 	}
 	e.leading, e.token = true, token
 	e.signal()
+}
+
+// electedUnconfirmed is called by s, holding s.mu, for an elected event that carries a
+// validity: the term waits for a keep-alive to confirm it (see confirmed).
+func (e *Election) electedUnconfirmed(s *session, token uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.s != s || (e.hasResigned && token <= e.resigned) {
+		return
+	}
+	e.pending, e.hasPending = token, true
+}
+
+// confirmed is called by s, holding s.mu, when a keep-alive confirmed that s leads with token
+// until the given time: a pending term starts, a running one is trusted until then.
+func (e *Election) confirmed(s *session, token uint64, until time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.s != s {
+		return
+	}
+	switch {
+	case e.hasPending && e.pending == token:
+		e.hasPending = false
+		e.electedLocked(s, token)
+	case e.leading && e.token == token:
+	default:
+		return
+	}
+	if !e.leading || e.token != token || !until.After(e.until) {
+		return
+	}
+	e.until = until
+	if e.expiry != nil {
+		e.expiry.Stop()
+	}
+	e.expiry = time.AfterFunc(time.Until(until), func() { e.expired(s, token) })
+}
+
+// expired runs when the leadership with token was not confirmed again before its validity ran
+// out. As for a lock, the session ends: that deposes it here and, once the side-car sees the
+// session end, there too, so that another candidate can lead.
+func (e *Election) expired(s *session, token uint64) {
+	e.mu.Lock()
+	leads := e.s == s && e.leading && e.token == token
+	e.mu.Unlock()
+	if leads {
+		s.end(fmt.Errorf("the side-car did not confirm the leadership of election %q (token %d) before its validity ran out", e.name, token))
+	}
 }
 
 // deposed is called by s, holding s.mu, when the side-car says s no longer leads.
@@ -303,11 +361,24 @@ func (e *Election) deposed(s *session, token uint64, tokenOK bool, reason string
 	if tokenOK && e.leading && token < e.token {
 		return // about an earlier term; tokens only grow
 	}
+	if e.hasPending && (!tokenOK || token >= e.pending) {
+		e.hasPending = false
+	}
+	e.stopExpiry()
 	e.leading = false
 	if e.term != nil {
 		e.term.cancel(fmt.Errorf("%w: election %q (token %d): deposed: %s", ErrLost, e.name, e.term.token, orUnknown(reason)))
 	}
 	e.signal()
+}
+
+// stopExpiry forgets the validity of the current leadership. Called with e.mu held.
+func (e *Election) stopExpiry() {
+	if e.expiry != nil {
+		e.expiry.Stop()
+		e.expiry = nil
+	}
+	e.until = time.Time{}
 }
 
 // sessionEnded is called by s, holding s.mu, when it ends.
@@ -317,6 +388,8 @@ func (e *Election) sessionEnded(s *session, cause error) {
 	if e.s != s {
 		return
 	}
+	e.hasPending = false
+	e.stopExpiry()
 	e.s, e.leading = nil, false
 	if e.term != nil {
 		e.term.cancel(fmt.Errorf("%w: election %q (token %d): session %s ended: %v", ErrLost, e.name, e.term.token, s.id, cause))

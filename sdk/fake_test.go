@@ -25,6 +25,9 @@ type fakeSidecar struct {
 	srv *httptest.Server
 	// ttl is the session TTL granted (default wire.DefaultSessionTTL).
 	ttl time.Duration
+	// validity, when set, is the validity the fake gives every grant and every keep-alive
+	// (as the side-car does since hold validity); zero answers as an older side-car.
+	validity time.Duration
 
 	mu        sync.Mutex // protects everything below
 	intercept func(w http.ResponseWriter, r *http.Request) bool
@@ -375,7 +378,11 @@ func (f *fakeSidecar) openSession(w http.ResponseWriter, r *http.Request) {
 	f.sessions[id] = &fakeSession{id: id, events: make(chan []byte, 64), gone: make(chan struct{}), drop: make(chan struct{})}
 	f.opened = append(f.opened, id)
 	f.mu.Unlock()
-	writeJSON(w, http.StatusCreated, wire.Session{ID: id, Secret: fakeSecret(id), Holder: "pod/" + id, TTLMillis: f.ttl.Milliseconds()})
+	ws := wire.Session{ID: id, Secret: fakeSecret(id), Holder: "pod/" + id, TTLMillis: f.ttl.Milliseconds()}
+	if f.validity > 0 {
+		ws.KeepAliveMillis = (f.validity / 4).Milliseconds()
+	}
+	writeJSON(w, http.StatusCreated, ws)
 }
 
 func (f *fakeSidecar) deleteSession(w http.ResponseWriter, r *http.Request) {
@@ -390,9 +397,21 @@ func (f *fakeSidecar) deleteSession(w http.ResponseWriter, r *http.Request) {
 func (f *fakeSidecar) keepAlive(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if s := f.sessionOf(w, r); s != nil {
-		w.WriteHeader(http.StatusNoContent)
+	s := f.sessionOf(w, r)
+	if s == nil {
+		return
 	}
+	if f.validity == 0 {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	resp := wire.KeepAliveResponse{Holds: []wire.HoldValidity{}}
+	for name, h := range f.locks {
+		if h.session == s.id {
+			resp.Holds = append(resp.Holds, wire.HoldValidity{Kind: wire.KindLock, Name: name, Token: strconv.FormatUint(h.token, 10), ValidForMillis: f.validity.Milliseconds()})
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (f *fakeSidecar) events(w http.ResponseWriter, r *http.Request) {
@@ -469,7 +488,7 @@ func (f *fakeSidecar) acquire(w http.ResponseWriter, r *http.Request) {
 		case h == nil:
 			f.tokens[name]++
 			f.locks[name] = &fakeHold{session: s.id, token: f.tokens[name]}
-			g := wire.Grant{Name: name, Lease: "lease-" + name, Token: strconv.FormatUint(f.tokens[name], 10), Holder: "pod/" + s.id}
+			g := wire.Grant{Name: name, Lease: "lease-" + name, Token: strconv.FormatUint(f.tokens[name], 10), Holder: "pod/" + s.id, ValidForMillis: f.validity.Milliseconds()}
 			f.changedLocked()
 			f.mu.Unlock()
 			writeJSON(w, http.StatusOK, g)

@@ -45,8 +45,32 @@ type hold struct {
 
 	released bool // Release was called for this hold (guarded by the Lock's mu)
 
-	mu  sync.Mutex // protects err and the closing of lost
-	err error      // why it ended: nil if released, matching ErrLost if lost
+	mu     sync.Mutex  // protects err, the closing of lost, until and expiry
+	err    error       // why it ended: nil if released, matching ErrLost if lost
+	until  time.Time   // the hold is trusted until then; zero: no validity known (older side-car)
+	expiry *time.Timer // calls the expiry function at until
+}
+
+// trusted returns until when the hold is trusted; zero when no validity is known.
+func (h *hold) trusted() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.until
+}
+
+// trustUntil extends the hold's validity to t, if that is later than what it has, and makes
+// expired run when it runs out.
+func (h *hold) trustUntil(t time.Time, expired func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if isClosed(h.lost) || !t.After(h.until) {
+		return
+	}
+	h.until = t
+	if h.expiry != nil {
+		h.expiry.Stop()
+	}
+	h.expiry = time.AfterFunc(time.Until(t), expired)
 }
 
 // end ends the hold for err (nil: released) and reports whether this call ended it.
@@ -58,6 +82,9 @@ func (h *hold) end(err error) bool {
 	}
 	h.err = err
 	close(h.lost)
+	if h.expiry != nil {
+		h.expiry.Stop()
+	}
 	return true
 }
 
@@ -199,9 +226,19 @@ func (s *session) acquire(ctx context.Context, l *Lock, try bool) (*hold, error)
 			req.TimeoutMillis = min(ms, wire.MaxTimeout.Milliseconds())
 		}
 		var g wire.Grant
-		_, err := s.c.do(rctx, request{method: http.MethodPost, path: path, secret: s.secret, body: req, out: &g, long: !try, beforeRetry: cleanup})
+		var sent time.Time
+		_, err := s.c.do(rctx, request{method: http.MethodPost, path: path, secret: s.secret, body: req, out: &g, long: !try, beforeRetry: cleanup, sent: &sent})
 		if err == nil {
-			return s.granted(le, l.name, g)
+			h, err := s.granted(le, l.name, g, sent)
+			if h != nil && g.ValidForMillis > 0 && h.trusted().IsZero() {
+				// The wait ate into the validity counted from the request: confirm the hold from
+				// now instead, before the application starts working; unconfirmed, it is lost.
+				s.confirmOnce(rctx)
+				if h.trusted().IsZero() {
+					s.unconfirmed(l.name, h)
+				}
+			}
+			return h, err
 		}
 		switch {
 		case code(err) == wire.CodeNotAcquired:
@@ -245,9 +282,10 @@ func (s *session) acquire(ctx context.Context, l *Lock, try bool) (*hold, error)
 	}
 }
 
-// granted registers the grant g as a hold, unless the session ended or a loss of it was reported
-// while the acquire was in flight.
-func (s *session) granted(le *lockEntry, name string, g wire.Grant) (*hold, error) {
+// granted registers the grant g, answering a request sent at sent, as a hold, unless the session
+// ended or a loss of it was reported while the acquire was in flight. The hold is trusted for
+// the grant's validity from sent, and then as long as keep-alives confirm it.
+func (s *session) granted(le *lockEntry, name string, g wire.Grant, sent time.Time) (*hold, error) {
 	tok, err := strconv.ParseUint(g.Token, 10, 64)
 	if err != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
@@ -274,6 +312,11 @@ func (s *session) granted(le *lockEntry, name string, g wire.Grant) (*hold, erro
 	}
 	h := &hold{token: tok, s: s, lost: make(chan struct{})}
 	le.hold = h
+	// Counted from the request, the grant's validity is trusted if more than half of it is
+	// left; otherwise (a long wait) the caller confirms it with a keep-alive.
+	if v := time.Duration(g.ValidForMillis) * time.Millisecond; v > 0 && time.Since(sent) < v/2 {
+		h.trustUntil(sent.Add(v), func() { s.unconfirmed(name, h) })
+	}
 	s.mu.Unlock()
 	return h, nil
 }

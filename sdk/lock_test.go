@@ -495,3 +495,33 @@ func TestReleaseOutcomes(t *testing.T) {
 		})
 	}
 }
+
+// TestHoldValidity: a side-car that gives each hold a validity keeps the hold trusted only as
+// long as keep-alives confirm it. While they are answered, the hold outlives many validities;
+// when they stop being answered (a paused side-car) the hold is reported lost once its validity
+// runs out, long before the silence of three quarters of the session TTL would tell.
+func TestHoldValidity(t *testing.T) {
+	f := newFake(t)
+	f.ttl = wire.MaxSessionTTL
+	f.validity = 200 * time.Millisecond // keep-alives every 50 ms
+	c := f.client(sdk.WithSessionTTL(wire.MaxSessionTTL))
+	ctx := testCtx(t)
+	l := c.NewLock("test")
+	if err := l.Acquire(ctx); err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	lost := l.Lost()
+	// Eight confirmations span at least 350 ms, well past the grant's own 200 ms of validity.
+	waitUntil(t, "eight keep-alives", func() bool { return f.count("POST keepalive") >= 8 })
+	select {
+	case <-lost:
+		t.Fatalf("got the hold lost while keep-alives confirmed it (%v); want it held", l.Release(ctx))
+	default:
+	}
+	f.setIntercept(stall("POST keepalive"))
+	waitClosed(t, lost, "Lost after keep-alives stopped being answered")
+	err := l.Release(ctx)
+	if !errors.Is(err, sdk.ErrLost) || !strings.Contains(err.Error(), "validity") {
+		t.Errorf("Release after the validity ran out: got %v; want ErrLost saying the validity ran out", err)
+	}
+}

@@ -25,6 +25,12 @@ type session struct {
 	id     string
 	secret string // sent with every call on the session; never logged
 	ttl    time.Duration
+	// every is how often keep-alives go out: what the side-car asked for (often enough to
+	// confirm each hold's validity in time), and at most a third of the TTL.
+	every time.Duration
+	// confirmNow (capacity 1) asks the keep-alive loop for a keep-alive at once, to confirm
+	// the validity of a leadership that an event reported.
+	confirmNow chan struct{}
 
 	// ctx ends, with the reason as its cause, when the session ends: requests made for the
 	// session are abandoned and its keep-alives stop. Only markEnded cancels it, holding mu,
@@ -77,7 +83,11 @@ func (c *Client) openSession(ctx context.Context) (*session, error) {
 	}
 	s := &session{
 		c: c, id: ws.ID, secret: ws.Secret, ttl: time.Duration(ws.TTLMillis) * time.Millisecond,
-		locks: map[string]*lockEntry{}, elections: map[string]*Election{},
+		locks: map[string]*lockEntry{}, elections: map[string]*Election{}, confirmNow: make(chan struct{}, 1),
+	}
+	s.every = s.ttl / 3
+	if ka := time.Duration(ws.KeepAliveMillis) * time.Millisecond; ka > 0 {
+		s.every = min(s.every, ka)
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.conn, s.closeConn = context.WithCancelCause(context.Background())
@@ -163,20 +173,23 @@ func (s *session) read(r *ndjsonReader) {
 	s.end(fmt.Errorf("the event stream broke: %v", r.err()))
 }
 
-// keepAlive extends the session every TTL/3 until it ends.
+// keepAlive extends the session, and confirms the validity of its holds, every s.every (and
+// at once when confirmNow is signalled) until it ends.
 func (s *session) keepAlive(lastSent time.Time) {
 	defer s.wg.Done()
-	every := s.ttl / 3
+	every := s.every
 	bo := s.c.newBackoff()
 	next := lastSent.Add(every)
-	for sleep(s.ctx, time.Until(next)) {
+	for s.waitKeepAlive(next) {
 		sent := time.Now()
 		ctx, cancel := context.WithTimeout(s.ctx, s.deadline())
-		_, err := s.c.do(ctx, request{method: http.MethodPost, path: wire.SessionKeepAlivePath(s.id), secret: s.secret, noRetry: true})
+		var resp wire.KeepAliveResponse
+		_, err := s.c.do(ctx, request{method: http.MethodPost, path: wire.SessionKeepAlivePath(s.id), secret: s.secret, noRetry: true, out: &resp})
 		cancel()
 		switch {
 		case err == nil:
 			s.acked(sent)
+			s.confirm(sent, resp)
 			bo = s.c.newBackoff()
 			next = sent.Add(every)
 		case code(err) == wire.CodeNoSession:
@@ -186,6 +199,83 @@ func (s *session) keepAlive(lastSent time.Time) {
 			// Try again soon; the unacked timer ends the session if this goes on.
 			next = time.Now().Add(min(bo.next(), every))
 		}
+	}
+}
+
+// waitKeepAlive waits until next or until a keep-alive is asked for at once, and reports false
+// when the session ended first.
+func (s *session) waitKeepAlive(next time.Time) bool {
+	t := time.NewTimer(time.Until(next))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.confirmNow:
+	case <-s.ctx.Done():
+		return false
+	}
+	return s.alive()
+}
+
+// confirm extends the validity of every hold that the keep-alive sent at sent confirmed: each
+// stays trusted until sent plus the validity the side-car gave it, which is no later than the
+// side-car's own deadline for it, since the side-car measured it after sent.
+func (s *session) confirm(sent time.Time, resp wire.KeepAliveResponse) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.alive() {
+		return
+	}
+	for _, hv := range resp.Holds {
+		tok, err := strconv.ParseUint(hv.Token, 10, 64)
+		if err != nil {
+			continue
+		}
+		until := sent.Add(time.Duration(hv.ValidForMillis) * time.Millisecond)
+		switch hv.Kind {
+		case wire.KindLock:
+			if le := s.locks[hv.Name]; le != nil && le.hold != nil && le.hold.token == tok {
+				h, name := le.hold, hv.Name
+				h.trustUntil(until, func() { s.unconfirmed(name, h) })
+			}
+		case wire.KindElection:
+			if e := s.elections[hv.Name]; e != nil {
+				e.confirmed(s, tok, until)
+			}
+		}
+	}
+}
+
+// unconfirmed handles hold h of lock name, whose validity ran out before the side-car confirmed
+// it again: the side-car may be paused or cut off, and may no longer hold it. The session ends,
+// which reports every hold lost here and, once the side-car sees it, releases them there (a
+// release of this one alone could not name which hold it means).
+func (s *session) unconfirmed(name string, h *hold) {
+	s.mu.Lock()
+	le := s.locks[name]
+	current := le != nil && le.hold == h && !le.releasing
+	s.mu.Unlock()
+	if current {
+		s.end(fmt.Errorf("the side-car did not confirm lock %q (token %d) before its validity ran out", name, h.token))
+	}
+}
+
+// confirmOnce sends a keep-alive now and applies the validity it confirms.
+func (s *session) confirmOnce(ctx context.Context) {
+	sent := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, s.deadline())
+	defer cancel()
+	var resp wire.KeepAliveResponse
+	if _, err := s.c.do(ctx, request{method: http.MethodPost, path: wire.SessionKeepAlivePath(s.id), secret: s.secret, noRetry: true, out: &resp}); err == nil {
+		s.acked(sent)
+		s.confirm(sent, resp)
+	}
+}
+
+// askConfirm asks the keep-alive loop for a keep-alive at once.
+func (s *session) askConfirm() {
+	select {
+	case s.confirmNow <- struct{}{}:
+	default:
 	}
 }
 
@@ -321,7 +411,14 @@ func (s *session) dispatchElected(ev wire.Event) {
 		return
 	}
 	if e := s.elections[ev.Grant.Name]; e != nil {
-		e.elected(s, tok)
+		if ev.Grant.ValidForMillis > 0 {
+			// An event is not anchored in time: it may have waited in a paused side-car. The
+			// term starts when a keep-alive, sent after now, confirms it and its validity.
+			e.electedUnconfirmed(s, tok)
+			s.askConfirm()
+			return
+		}
+		e.elected(s, tok) // an older side-car, which gives no validity
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/metaparticle-io/sync/wire"
 )
@@ -51,7 +52,7 @@ func TestGrantAlreadyLost(t *testing.T) {
 
 			lost := tt.lost
 			s.dispatchLoss(wire.Event{Type: wire.EventLost, Kind: wire.KindLock, Grant: &lost})
-			h, err := s.granted(le, "test", wire.Grant{Name: "test", Token: tt.grant})
+			h, err := s.granted(le, "test", wire.Grant{Name: "test", Token: tt.grant}, time.Now())
 			if tt.wantVoid {
 				if h != nil || !errors.Is(err, errVoid) {
 					t.Fatalf("got hold %v, error %v; want no hold and errVoid", h, err)

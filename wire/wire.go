@@ -157,6 +157,11 @@ type Session struct {
 	Holder string `json:"holder"`
 	// TTLMillis is the session's TTL as granted.
 	TTLMillis int64 `json:"ttlMillis"`
+	// KeepAliveMillis is how often the client should call SessionKeepAlivePath: often enough
+	// that the session lives (a third of its TTL) and that each hold's validity is confirmed
+	// before it runs out (half the least validity a renewed hold has, the side-car's renew
+	// deadline minus its renew period). Zero from a side-car older than this field.
+	KeepAliveMillis int64 `json:"keepAliveMillis,omitempty"`
 }
 
 // Key returns what names s in a call.
@@ -220,6 +225,28 @@ type Grant struct {
 	Token string `json:"token"`
 	// Holder is the Lease holder identity.
 	Holder string `json:"holder"`
+	// ValidForMillis is how long, from when the side-car sent this, the hold is guaranteed: the
+	// side-car declares it lost no later, and no one else can hold it before. A client anchors
+	// it at the time it sent the request this answers (acquire, keep-alive), which is earlier,
+	// and treats the hold as lost when that time passes without a newer confirmation (see
+	// KeepAliveResponse). In an event it is not anchored: a client confirms an elected event's
+	// validity with a keep-alive. Zero from a side-car older than this field.
+	ValidForMillis int64 `json:"validForMillis,omitempty"`
+}
+
+// KeepAliveResponse is the response to POST SessionKeepAlivePath (200): the session's holds,
+// each with the validity the side-car guarantees from now. A hold of the client's that is
+// missing has ended (its lost event is on the stream, or was).
+type KeepAliveResponse struct {
+	Holds []HoldValidity `json:"holds"`
+}
+
+// HoldValidity is one hold in a KeepAliveResponse.
+type HoldValidity struct {
+	Kind           Kind   `json:"kind"`
+	Name           string `json:"name"`
+	Token          string `json:"token"`
+	ValidForMillis int64  `json:"validForMillis"`
 }
 
 // LockState is the response of GET LockPath and the element of an election watch.

@@ -89,7 +89,12 @@ func (a *api) closeSession(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) keepAlive(w http.ResponseWriter, r *http.Request) {
-	reply(w, a.e.KeepAlive(sessionKey(r)))
+	resp, err := a.e.KeepAlive(sessionKey(r))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (a *api) events(w http.ResponseWriter, r *http.Request) {

@@ -177,7 +177,21 @@ func httpRequestCases(owner, other wire.Session) []httpRequestCase {
 		{name: "wrong method on sessions", method: "GET", path: wire.PathSessions, checks: []checkFunc{hasCode(wire.CodeMethod), hasHeader("Allow", "POST")}},
 		{name: "close unknown session", method: "DELETE", path: wire.SessionPath("nope"), checks: []checkFunc{hasCode(wire.CodeNoSession)}},
 		{name: "keep-alive unknown session", method: "POST", path: wire.SessionKeepAlivePath("nope"), checks: []checkFunc{hasCode(wire.CodeNoSession)}},
-		{name: "keep-alive", method: "POST", path: wire.SessionKeepAlivePath(other.ID), checks: []checkFunc{hasStatus(204)}},
+		{name: "keep-alive", method: "POST", path: wire.SessionKeepAlivePath(other.ID), checks: []checkFunc{hasStatus(200), decodesTo(func(t *testing.T, r wire.KeepAliveResponse) {
+			if r.Holds == nil || len(r.Holds) != 0 {
+				t.Errorf("got holds %+v; want an empty list", r.Holds)
+			}
+		})}},
+		{name: "keep-alive of a holder", method: "POST", path: wire.SessionKeepAlivePath(owner.ID), checks: []checkFunc{hasStatus(200), decodesTo(func(t *testing.T, r wire.KeepAliveResponse) {
+			if len(r.Holds) != 2 || r.Holds[0].Kind != wire.KindElection || r.Holds[0].Name != "e" || r.Holds[1].Kind != wire.KindLock || r.Holds[1].Name != "held" {
+				t.Fatalf("got holds %+v; want election e and lock held", r.Holds)
+			}
+			for _, h := range r.Holds {
+				if h.Token == "" || h.ValidForMillis != contract.DefaultRenewDeadline.Milliseconds() {
+					t.Errorf("got hold %+v; want a token and validity %d (the renew deadline: the clock has not moved)", h, contract.DefaultRenewDeadline.Milliseconds())
+				}
+			}
+		})}},
 		{name: "events of unknown session", method: "GET", path: wire.SessionEventsPath("nope"), checks: []checkFunc{hasCode(wire.CodeNoSession)}},
 		{name: "second event stream", method: "GET", path: wire.SessionEventsPath(owner.ID), checks: []checkFunc{hasCode(wire.CodeAlreadyHeld)}},
 		{name: "acquire in unknown session", method: "POST", path: wire.SessionLockPath("nope", "x"), checks: []checkFunc{hasCode(wire.CodeNoSession)}},
@@ -258,7 +272,7 @@ func ownerStillHolds(owner wire.Session) func(t *testing.T, h *httpBed) {
 		if got := holderOfStored(h.api, contract.LeaseName(wire.KindLock, "held")); got != owner.Holder {
 			t.Errorf("got holder %q of held; want the owner %q", got, owner.Holder)
 		}
-		if err := h.e.KeepAlive(owner.Key()); err != nil {
+		if _, err := h.e.KeepAlive(owner.Key()); err != nil {
 			t.Errorf("owner's keep-alive: got %v; want nil", err)
 		}
 	}
@@ -371,7 +385,7 @@ func TestHTTPClientDisconnects(t *testing.T) {
 		{"event stream closed ends the session", func(h *httpBed, ctx context.Context, holder, _ wire.Session) {
 			h.get(h.t, ctx, wire.SessionEventsPath(holder.ID))
 		}, func(t *testing.T, h *httpBed, holder, _ wire.Session) {
-			settled(t, "keep-alive of the holder's session", func() wire.ErrorCode { return codeOf(h.e.KeepAlive(holder.Key())) }, wire.CodeNoSession)
+			settled(t, "keep-alive of the holder's session", func() wire.ErrorCode { return codeOf(second(h.e.KeepAlive(holder.Key()))) }, wire.CodeNoSession)
 			settled(t, "holder of d", func() string { return holderOfStored(h.api, contract.LeaseName(wire.KindLock, "d")) }, "")
 		}},
 		{"blocking acquire abandoned", func(h *httpBed, ctx context.Context, _, waiter wire.Session) {
@@ -385,7 +399,7 @@ func TestHTTPClientDisconnects(t *testing.T) {
 			settled(h.t, "waiters", func() int { return h.waiting(wire.KindLock) }, 1)
 		}, func(t *testing.T, h *httpBed, holder, waiter wire.Session) {
 			settled(t, "waiters after the client went", func() int { return h.waiting(wire.KindLock) }, 0)
-			if err := h.e.KeepAlive(waiter.Key()); err != nil {
+			if _, err := h.e.KeepAlive(waiter.Key()); err != nil {
 				t.Errorf("keep-alive of the waiter's session: got %v; want nil (the session lives on)", err)
 			}
 			if got := holderOfStored(h.api, contract.LeaseName(wire.KindLock, "d")); got != holder.Holder {

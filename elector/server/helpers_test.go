@@ -302,3 +302,6 @@ func newPipeServer(t *testing.T, h http.Handler) *pipeServer {
 	})
 	return &pipeServer{URL: "http://side-car.test", Client: &http.Client{Transport: tr}}
 }
+
+// second returns the error of a call that also returns a value.
+func second[T any](_ T, err error) error { return err }

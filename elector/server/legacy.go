@@ -185,7 +185,7 @@ func (a *legacyAPI) put(w http.ResponseWriter, r *http.Request) {
 				a.conflict(w, name)
 				return
 			}
-		} else if err := a.e.KeepAlive(h.session); err == nil {
+		} else if _, err := a.e.KeepAlive(h.session); err == nil {
 			h.lastPut = now
 			a.answer(w, http.StatusOK, name, h)
 			return

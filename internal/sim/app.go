@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -22,12 +23,13 @@ type app struct {
 	idx  int
 	name string
 	sc   *sidecar
-	rng  *rand.Rand // the app's own decisions
+	rng  *rand.Rand // the decisions of run, the lock loop
+	seed uint64     // for the random sources of stand, one per election
 
-	client *sdk.Client
-	ctx    context.Context // ends when the process crashes or the schedule winds down
-	cancel context.CancelFunc
-	done   chan struct{} // closed when run returns
+	client  *sdk.Client
+	ctx     context.Context // ends when the process crashes or the schedule winds down
+	cancel  context.CancelFunc
+	running sync.WaitGroup // run and stand
 
 	mu      sync.Mutex
 	dead    bool // crashed: every connection is closed and no new one opens
@@ -36,8 +38,8 @@ type app struct {
 }
 
 func newApp(w *World, idx int, sc *sidecar, seed uint64, ttl time.Duration) (*app, error) {
-	a := &app{w: w, idx: idx, sc: sc, name: fmt.Sprintf("%s/app-%d", sc.pod, idx), rng: rand.New(rand.NewPCG(seed, uint64(idx))),
-		conns: map[net.Conn]struct{}{}, done: make(chan struct{})}
+	a := &app{w: w, idx: idx, sc: sc, name: fmt.Sprintf("%s/app-%d", sc.pod, idx), rng: rand.New(rand.NewPCG(seed, uint64(idx))), seed: seed,
+		conns: map[net.Conn]struct{}{}}
 	tr := &http.Transport{DialContext: a.dial, MaxIdleConnsPerHost: 16}
 	opts := []sdk.Option{sdk.WithAddress("127.0.0.1:13131"), sdk.WithHTTPClient(&http.Client{Transport: tr})}
 	if ttl > 0 {
@@ -108,7 +110,7 @@ func (a *app) pause(lo, hi time.Duration) bool {
 
 // run takes locks until the app's context ends.
 func (a *app) run(names []string, lease time.Duration) {
-	defer close(a.done)
+	defer a.running.Done()
 	for a.ctx.Err() == nil {
 		if !a.pause(10*time.Millisecond, 300*time.Millisecond) {
 			return
@@ -144,6 +146,9 @@ func (a *app) hold(name string, mode int, lease time.Duration) {
 	}
 	token := lk.Token()
 	lost := lk.Lost()
+	if token == 0 {
+		return // lost before the application could start: it never worked under it
+	}
 	a.w.granted(a, name, token)
 
 	// Work: write to the register a few times, each time only if the hold was not lost.
@@ -176,4 +181,46 @@ func (a *app) hold(name string, mode int, lease time.Duration) {
 	rctx, rcancel := context.WithTimeout(context.Background(), time.Minute)
 	defer rcancel()
 	_ = lk.Release(rctx)
+}
+
+// stand stands in election name until the app's context ends: while it leads, it writes to the
+// fenced register with the term's token, stopping the instant the term's context is cancelled,
+// and now and then it resigns.
+func (a *app) stand(name string, lease time.Duration) {
+	defer a.running.Done()
+	hname := electionPrefix + name
+	// A source of its own: run draws from a.rng concurrently.
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	rng := rand.New(rand.NewPCG(a.seed^h.Sum64(), uint64(a.idx)))
+	var e *sdk.Election
+	e = a.client.NewElection(name, func(ctx context.Context) {
+		token, _ := sdk.LeaderToken(ctx)
+		a.w.granted(a, hname, token)
+		for {
+			t := time.NewTimer(time.Duration(rng.Int64N(int64(lease / 2))))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				if !a.isDead() {
+					a.w.told(a, hname, token, "deposed")
+				}
+				return
+			case <-t.C:
+			}
+			if ctx.Err() != nil {
+				continue // reported at the top
+			}
+			a.w.write(a, hname, token)
+			if rng.IntN(8) == 0 {
+				// Resign waits for this function to return: ask from another goroutine.
+				go func() {
+					rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					_ = e.Resign(rctx)
+				}()
+			}
+		}
+	}, nil)
+	_ = e.Run(a.ctx)
 }

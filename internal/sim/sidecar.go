@@ -1,9 +1,12 @@
 package sim
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,7 +51,11 @@ func newSidecar(w *World, idx int, pod string, cfg elector.Config, rate float64,
 	}
 	sc.e = e
 	sc.ln = pipenet.NewListener(func(c net.Conn) net.Conn { return &gatedConn{Conn: c, sc: sc} })
-	sc.srv = &http.Server{Handler: server.NewHandler(e)}
+	h := server.NewHandler(e)
+	if w.cfg.OldSidecar {
+		h = withoutValidity(h)
+	}
+	sc.srv = &http.Server{Handler: h}
 	go func() { _ = sc.srv.Serve(sc.ln) }()
 	return sc, nil
 }
@@ -119,3 +126,45 @@ func (c *gatedConn) Write(p []byte) (int, error) {
 
 // httpClient returns an HTTP client whose connections go to sc.
 func (sc *sidecar) httpClient() *http.Client { return &http.Client{Transport: sc.ln.Transport()} }
+
+// withoutValidity wraps a side-car's handler to answer as a side-car from before hold validity:
+// it removes keepAliveMillis from new sessions and validForMillis from grants, and answers
+// keep-alives with 204 and no body. Streams pass through.
+func withoutValidity(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rec := &recorder{header: http.Header{}, status: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		body := rec.body.Bytes()
+		status := rec.status
+		var m map[string]any
+		if status/100 == 2 && json.Unmarshal(body, &m) == nil {
+			delete(m, "keepAliveMillis")
+			delete(m, "validForMillis")
+			body, _ = json.Marshal(m)
+			if strings.HasSuffix(r.URL.Path, "/keepalive") {
+				status, body = http.StatusNoContent, nil
+			}
+		}
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.Header().Del("Content-Length")
+		w.WriteHeader(status)
+		_, _ = w.Write(body)
+	})
+}
+
+// recorder buffers a response that is not a stream.
+type recorder struct {
+	header http.Header
+	body   bytes.Buffer
+	status int
+}
+
+func (r *recorder) Header() http.Header         { return r.header }
+func (r *recorder) Write(p []byte) (int, error) { return r.body.Write(p) }
+func (r *recorder) WriteHeader(status int)      { r.status = status }

@@ -3,9 +3,10 @@
 import logging
 import queue
 import threading
+import time
 
 from . import _http
-from ._session import Session, SessionEnded
+from ._session import Session, SessionEnded, millis, token_of
 from .lock import DEFAULT_RETRY_TIMEOUT, DEFAULT_TTL, check_options
 
 log = logging.getLogger("metaparticle_sync")
@@ -17,10 +18,13 @@ class Election:
     ``run()`` stands as a candidate and blocks until ``shutdown()`` is called. When this process
     is elected it calls ``master_fn()``; when it stops leading (the side-car could not renew its
     leadership, the side-car went away, the session broke) it calls ``lost_master_fn()`` and
-    keeps standing, so it can lead again. Both are called in run()'s thread, in order, and
-    should return promptly: start the leader's work on a thread in master_fn and stop it in
-    lost_master_fn. If run() returns or raises while this process leads, lost_master_fn() is
-    called first.
+    keeps standing, so it can lead again. A leadership the side-car does not confirm before the
+    validity it gave runs out (the side-car is paused or cut off, and another candidate may soon
+    be elected) is lost too: the session ends, and run() stands again on a new one. Leadership
+    reported by the side-car starts (master_fn) once a keep-alive sent after the report
+    confirms it. Both callbacks are called in run()'s thread, in order, and should return
+    promptly: start the leader's work on a thread in master_fn and stop it in lost_master_fn.
+    If run() returns or raises while this process leads, lost_master_fn() is called first.
 
     ``leader()`` returns the current leader's identity ("<pod>/<session>") or None; ``is_leader``
     and ``token`` (the fencing token of the current term, an int) describe this process.
@@ -116,7 +120,7 @@ class Election:
         while not stop.is_set():
             try:
                 session = Session.open(self._address, self._ttl, "election=%s" % self.name, self._retry_timeout,
-                                       self._on_event, self._on_end, stop=stop)
+                                       self._on_event, self._on_end, stop=stop, on_confirmed=self._on_confirmed)
             except _http.StopRequested:
                 return None
             try:
@@ -134,6 +138,7 @@ class Election:
     def _follow(self, session, events):
         """Dispatches the session's events until it ends (True: stand again) or shutdown()
         (False)."""
+        pending = None  # the token of an elected event that no keep-alive has confirmed yet
         while True:
             kind, s, payload = events.get()
             if kind == "stop":
@@ -142,16 +147,35 @@ class Election:
                 continue  # from an earlier session
             if kind == "elected":
                 grant = payload.get("grant") or {}
-                with self._mu:
-                    was, self._leading = self._leading, True
-                    self._token = int(grant["token"]) if grant.get("token") else None
-                if not was:
-                    self.master_fn()
+                token = token_of(grant.get("token"))
+                if millis(grant.get("validForMillis")) and token is not None:
+                    # An event is not anchored in time: it may have waited in a paused side-car.
+                    # The term starts when a keep-alive sent after it confirms it ("confirmed").
+                    with self._mu:
+                        same = self._leading and self._token == token
+                    if not same:
+                        self._step_down()  # a new term replaces the one this process led, if any
+                        pending = token
+                    continue
+                self._lead(int(grant["token"]) if grant.get("token") else None)  # an older side-car
+            elif kind == "confirmed":
+                if pending is not None and payload == pending:
+                    pending = None
+                    self._lead(payload)
             elif kind == "deposed":
+                token = token_of((payload.get("grant") or {}).get("token"))
+                if pending is not None and (token is None or token >= pending):
+                    pending = None
                 self._step_down()
             elif kind == "ended":
                 self._step_down()
                 return True
+
+    def _lead(self, token):
+        with self._mu:
+            was, self._leading, self._token = self._leading, True, token
+        if not was:
+            self.master_fn()
 
     def _leave(self, session):
         """Leaves the election, so that the side-car hands leadership over before answering,
@@ -171,8 +195,18 @@ class Election:
             self.lost_master_fn()
 
     def _on_event(self, session, ev):
-        if ev.get("kind") == "election" and (ev.get("grant") or {}).get("name") == self.name:
+        grant = ev.get("grant") or {}
+        if ev.get("kind") == "election" and grant.get("name") == self.name:
+            received = time.monotonic()
             self._queue.put((ev.get("type"), session, ev))
+            token = token_of(grant.get("token"))
+            if ev.get("type") == "elected" and millis(grant.get("validForMillis")) and token is not None:
+                # After the event is queued, so that its confirmation follows it.
+                session.await_confirmation("election", self.name, token, received)
+
+    def _on_confirmed(self, session, kind, name, token):
+        if kind == "election" and name == self.name:
+            self._queue.put(("confirmed", session, token))
 
     def _on_end(self, session, reason):
         self._queue.put(("ended", session, reason))

@@ -6,7 +6,7 @@ import threading
 import time
 
 from . import _http
-from ._session import Session, SessionEnded
+from ._session import Session, SessionEnded, millis, token_of
 
 log = logging.getLogger("metaparticle_sync")
 
@@ -49,9 +49,11 @@ class Lock:
     smaller token than it has seen (docs/api.md, "Fencing tokens").
 
     A hold can end without release(): when the side-car cannot renew the lock, when it goes
-    away, or when the session with it breaks. Then ``held`` turns False and
-    ``lock_lost_callback()`` is called from a background thread; the work the lock protects must
-    stop. Call release() (or leave the ``with`` block) afterwards as usual; it only cleans up.
+    away, when it does not confirm the hold before the validity it gave runs out (it is paused
+    or cut off, and another Pod may soon take the lock), or when the session with it breaks.
+    Then ``held`` turns False and ``lock_lost_callback()`` is called from a background thread;
+    the work the lock protects must stop. Call release() (or leave the ``with`` block)
+    afterwards as usual; it only cleans up.
 
     ``lock_callback()`` is called by acquire(), in the acquiring thread, each time the lock has
     been acquired. ``base_uri`` (``"http://127.0.0.1:13131"`` or ``"127.0.0.1:13131"``)
@@ -180,6 +182,7 @@ class Lock:
                     body, timeout = {"try": True}, self._ttl
                 else:
                     body = {"timeoutMillis": max(1, math.ceil(remaining * 1000))}
+            sent = time.monotonic()  # the grant's validity is counted from here, not from its arrival
             try:
                 grant = session.request("POST", "/v1/sessions/%s/locks/%s" % (session.id, path_name), body, timeout)
             except _http.APIError as e:
@@ -195,16 +198,36 @@ class Lock:
                 log.info("metaparticle_sync: lock %r: the session ended while acquiring (%s); retrying", self.name, _http._describe(e))
                 give_up = max(give_up, time.monotonic() + self._retry_timeout)
             else:
-                with self._cond:
-                    if not session.ended and str(grant.get("token")) not in self._early_losses:
-                        self._state, self._session, self._grant = _HELD, session, grant
-                        return True
-                session.close()
-                log.info("metaparticle_sync: lock %r was lost as it was granted; retrying", self.name)
+                if not self._validate(session, grant, sent):
+                    session.end("the grant's validity could not be confirmed", notify=False)
+                    log.info("metaparticle_sync: lock %r: the side-car did not confirm the grant's validity; retrying", self.name)
+                else:
+                    with self._cond:
+                        if not session.ended and str(grant.get("token")) not in self._early_losses:
+                            self._state, self._session, self._grant = _HELD, session, grant
+                            return True
+                    session.close()
+                    log.info("metaparticle_sync: lock %r was lost as it was granted; retrying", self.name)
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             _http.pause_or_stop(min(backoff, max(0.0, give_up - time.monotonic())))
             backoff = min(backoff * 2, 1.0)
+
+    def _validate(self, session, grant, sent):
+        """Makes the session watch the validity of a grant answering a request sent at sent,
+        and reports False when it cannot be trusted. Counted from sent, the validity is
+        trusted if more than half of it is left; otherwise (a blocking acquire that waited long)
+        a keep-alive confirms it from now, before the application starts working. A grant
+        without a validity (an older side-car) is trusted as before: until a loss is reported."""
+        v, token = millis(grant.get("validForMillis")), token_of(grant.get("token"))
+        if not v or token is None:
+            return True
+        if time.monotonic() - sent < v / 2000.0:
+            session.trust("lock", self.name, token, sent + v / 1000.0)
+            return True
+        session.await_confirmation("lock", self.name, token, time.monotonic())
+        session.confirm_once(timeout=v / 1000.0)  # an answer slower than a whole validity is of no use
+        return session.trusted("lock", self.name, token)
 
     def release(self):
         """Releases the lock: the side-car hands it to the next waiter at once. Raises
@@ -214,6 +237,7 @@ class Lock:
                 raise RuntimeError("release unlocked lock %r" % self.name)
             was_held, session = self._state == _HELD, self._session
             self._state = _RELEASING
+        session.forget("lock", self.name)  # given up: its validity no longer matters
         try:
             if was_held and not session.ended:
                 try:

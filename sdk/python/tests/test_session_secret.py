@@ -18,6 +18,7 @@ import pickle
 import queue
 import secrets
 import threading
+import time
 import unittest
 import urllib.parse
 import uuid
@@ -224,15 +225,30 @@ class FakeSidecar:
     real side-car (when it has one), and records (method, path, Authorization) of each request.
 
     open_response, when set, is the body answered to POST /v1/sessions (bytes or a dict);
-    refuse is a set of "keepalive", "locks": calls answered 401 even with the right secret."""
+    refuse is a set of "keepalive", "locks": calls answered 401 even with the right secret.
 
-    def __init__(self, test, secret=SECRET, open_response=None, refuse=()):
+    By default it is a side-car older than hold validities: grants and elected events carry no
+    validForMillis and keep-alives are answered 204. With validity (milliseconds) it is a
+    current one: grants and elected events carry that validity, the open-session response says
+    keep_alive_millis, and keep-alives list the session's holds with that validity while
+    ``confirming`` is true (an empty list otherwise). lock_delay (seconds) delays each grant,
+    like a blocking acquire that waits. ``timeline`` records (time.monotonic(), method, path)
+    of each request when it arrives and ("granted", path) when a grant is answered."""
+
+    def __init__(self, test, secret=SECRET, open_response=None, refuse=(), validity=None, keep_alive_millis=None,
+                 lock_delay=0.0):
         self.secret = secret
         self.open_response = open_response
         self.refuse = set(refuse)
+        self.validity = validity
+        self.keep_alive_millis = keep_alive_millis
+        self.lock_delay = lock_delay
+        self.confirming = True
         self.requests = []
+        self.timeline = []
         self.mu = threading.Lock()
         self.sessions = {}  # id -> queue of events to stream; None once closed
+        self.holds = {}  # id -> {(kind, name): token}
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -264,23 +280,29 @@ class FakeSidecar:
     @staticmethod
     def reply(h, status, body=None, raw_body=None):
         data = raw_body if raw_body is not None else (json.dumps(body).encode() if body is not None else b"")
-        h.send_response(status)
-        if status == 401:
-            h.send_header("WWW-Authenticate", 'Bearer realm="fake"')
-        if data:
-            h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+        try:
+            h.send_response(status)
+            if status == 401:
+                h.send_header("WWW-Authenticate", 'Bearer realm="fake"')
+            if data:
+                h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+        except OSError:
+            pass  # the client gave up on the request (its session ended under it)
 
     def handle(self, h):
         n = int(h.headers.get("Content-Length") or 0)
-        if n:
-            h.rfile.read(n)
+        try:
+            sent = json.loads(h.rfile.read(n)) if n else {}
+        except ValueError:
+            sent = {}
         method, path = h.command, urllib.parse.unquote(h.path)
         auth = h.headers.get("Authorization")
         with self.mu:
             self.requests.append((method, path, auth))
+            self.timeline.append((time.monotonic(), method, path))
         parts = path.strip("/").split("/")  # v1 sessions <id> <what> <name> [resign]
         if method == "POST" and parts == ["v1", "sessions"]:
             if self.open_response is not None:
@@ -289,7 +311,9 @@ class FakeSidecar:
             sid = uuid.uuid4().hex
             with self.mu:
                 self.sessions[sid] = queue.Queue()
-            body = {"id": sid, "holder": "fake-pod/" + sid, "ttlMillis": 2000}
+            body = {"id": sid, "holder": "fake-pod/" + sid, "ttlMillis": sent.get("ttlMillis") or 10000}
+            if self.keep_alive_millis is not None:
+                body["keepAliveMillis"] = self.keep_alive_millis
             if self.secret is not None:
                 body["secret"] = self.secret
             return self.reply(h, 201, body)
@@ -308,19 +332,40 @@ class FakeSidecar:
         if method == "GET" and what == "events":
             return self.stream(h, events)
         if method == "POST" and what == "keepalive":
-            return self.reply(h, 204)
+            if self.validity is None:
+                return self.reply(h, 204)
+            with self.mu:
+                holds = [{"kind": k, "name": n, "token": t, "validForMillis": self.validity}
+                         for (k, n), t in sorted(self.holds.get(sid, {}).items())] if self.confirming else []
+            return self.reply(h, 200, {"holds": holds})
         if what == "locks" and method == "POST":
-            return self.reply(h, 200, {"name": rest[1], "lease": "l", "token": "7", "holder": "fake-pod/" + sid})
+            if self.lock_delay:
+                threading.Event().wait(self.lock_delay)
+            grant = {"name": rest[1], "lease": "l", "token": "7", "holder": "fake-pod/" + sid}
+            self.hold(sid, "lock", rest[1], grant)
+            with self.mu:
+                self.timeline.append((time.monotonic(), "granted", path))
+            return self.reply(h, 200, grant)
         if what == "elections" and method == "PUT":
-            events.put({"type": "elected", "kind": "election",
-                        "grant": {"name": rest[1], "lease": "e", "token": "9", "holder": "fake-pod/" + sid}})
+            grant = {"name": rest[1], "lease": "e", "token": "9", "holder": "fake-pod/" + sid}
+            self.hold(sid, "election", rest[1], grant)
+            events.put({"type": "elected", "kind": "election", "grant": grant})
             return self.reply(h, 204)
         if method == "DELETE" and what in ("locks", "elections"):
+            with self.mu:
+                self.holds.get(sid, {}).pop((what[:-1], rest[1]), None)
             return self.reply(h, 204)
         if method == "DELETE" and not rest:
             events.put(None)
             return self.reply(h, 204)
         return self.reply(h, 405, {"code": "method_not_allowed", "message": "%s %s" % (method, path)})
+
+    def hold(self, sid, kind, name, grant):
+        """Records a hold of session sid, and gives grant the fake's validity, if it has one."""
+        with self.mu:
+            self.holds.setdefault(sid, {})[(kind, name)] = grant["token"]
+        if self.validity is not None:
+            grant["validForMillis"] = self.validity
 
     @staticmethod
     def stream(h, events):
