@@ -256,13 +256,7 @@ func (w *World) scenario() {
 	// API server outage), which dominates the bound.
 	bound := w.cfg.Timing.LeaseDuration*2 + w.cfg.Timing.RenewDeadline + RelistBackoff + 5*time.Second
 	for _, name := range w.cfg.Names {
-		var a *app
-		for _, x := range w.apps {
-			if !x.isDead() {
-				a = x
-				break
-			}
-		}
+		a := w.liveApp()
 		if a == nil {
 			break
 		}
@@ -286,13 +280,7 @@ func (w *World) scenario() {
 		}
 	}
 	for _, name := range w.cfg.Elections {
-		var a *app
-		for _, x := range w.apps {
-			if !x.isDead() {
-				a = x
-				break
-			}
-		}
+		a := w.liveApp()
 		if a == nil {
 			break
 		}
@@ -321,6 +309,16 @@ func (w *World) scenario() {
 		w.mu.Unlock()
 	}
 	w.stopAll()
+}
+
+// liveApp returns the first application that has not crashed, or nil.
+func (w *World) liveApp() *app {
+	for _, a := range w.apps {
+		if !a.isDead() {
+			return a
+		}
+	}
+	return nil
 }
 
 func (w *World) record(format string, args ...any) {
