@@ -32,8 +32,9 @@ type Config struct {
 	// PodUID is the Pod's UID. Optional; it is only logged, to tell apart Pods that reuse a name.
 	PodUID string
 
-	// ListenAddress is where the lock API listens. It must be a loopback address: the API has no
-	// authentication and is meant for the containers of this Pod only. Default
+	// ListenAddress is where the lock API listens. It must be a loopback address: the API is
+	// meant for the containers of this Pod only, and anyone who reaches it may open sessions and
+	// read state (only session calls need a credential, the session's secret). Default
 	// wire.DefaultAddress (127.0.0.1:13131).
 	ListenAddress string
 	// HealthAddress is where /healthz, /readyz and /metrics are served. Default ":13132".
@@ -119,5 +120,5 @@ func checkLoopback(addr string) error {
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	return fmt.Errorf("%q is not a loopback address; the lock API has no authentication and must listen on 127.0.0.1, ::1 or localhost", addr)
+	return fmt.Errorf("%q is not a loopback address; the lock API is for the containers of this Pod only (anyone who reaches it may open sessions) and must listen on 127.0.0.1, ::1 or localhost", addr)
 }

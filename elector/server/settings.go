@@ -63,8 +63,8 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 	fs.StringVar(&s.PodUID, "pod-uid", "", usage("pod-uid", contract.EnvPodUID,
 		"`uid` of this Pod (downward API metadata.uid). Optional; only logged."))
 	fs.StringVar(&s.ListenAddress, "listen", "", usage("listen", wire.EnvAddress,
-		"`host:port` of the lock API. Loopback only (127.0.0.1, ::1 or localhost): the API has no\n"+
-			"authentication. Default "+wire.DefaultAddress+"."))
+		"`host:port` of the lock API. Loopback only (127.0.0.1, ::1 or localhost): anyone who\n"+
+			"reaches it may open sessions. Default "+wire.DefaultAddress+"."))
 	fs.StringVar(&s.HealthAddress, "health-listen", "", usage("health-listen", contract.EnvHealthAddress,
 		"`host:port` of /healthz, /readyz and /metrics. Default "+elector.DefaultHealthAddress+"."))
 	fs.DurationVar(&s.LeaseDuration, "lease-duration", 0, usage("lease-duration", contract.EnvLeaseDuration,
