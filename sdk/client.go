@@ -65,7 +65,8 @@ func WithAddress(hostport string) Option {
 // the Client, survives after the SDK stops hearing from the side-car. Zero, the default, takes
 // the side-car's default ([wire.DefaultSessionTTL], 10 s); otherwise it must lie within
 // [wire.MinSessionTTL] and [wire.MaxSessionTTL]. A shorter TTL hands a dead process's locks over
-// sooner and costs more keep-alives (one every TTL/3).
+// sooner and costs more keep-alives (one every TTL/3, or more often when the side-car asks, to
+// confirm the validity of holds: see the package documentation).
 func WithSessionTTL(d time.Duration) Option { return func(c *config) { c.ttl = d } }
 
 // WithRetryTimeout bounds how long one call keeps retrying transient errors (connection refused,

@@ -64,7 +64,10 @@
 // If the event stream breaks, if a keep-alive is not acknowledged or the stream stays silent for
 // three quarters of the session's TTL, or if the side-car no longer knows the session, every hold
 // of the session is reported lost at once (Lost channels closed, elected contexts cancelled) and
-// the next call opens a new session. On doubt, a hold is lost.
+// the next call opens a new session. So is every hold when one hold's validity runs out: the
+// side-car says, with each grant and each keep-alive, how long each hold is guaranteed, and the
+// SDK counts that from when it sent the request, so that a paused side-car cannot let another Pod
+// hold a lock before this process is told. On doubt, a hold is lost.
 //
 // Transient errors (connection refused while the side-car starts, HTTP 5xx, 503 while the
 // side-car waits for the API server) are retried with exponential back-off and jitter for up to
