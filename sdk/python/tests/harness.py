@@ -351,3 +351,25 @@ class SidecarTestCase(unittest.TestCase):
             if time.monotonic() > give_up:
                 self.fail("timed out waiting for %s" % what)
             time.sleep(0.02)
+
+
+class RunningElection:
+    """An Election whose run() goes on a thread of its own until the test ends; what run()
+    raised is in ``error``. Tests' candidates build on it."""
+
+    def __init__(self, test, election):
+        self.election = election
+        self.error = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        test.addCleanup(self.stop)
+
+    def _run(self):
+        try:
+            self.election.run()
+        except BaseException as e:
+            self.error.append(e)
+
+    def stop(self):
+        self.election.shutdown()
+        self.thread.join(PATIENCE)

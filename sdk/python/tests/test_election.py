@@ -1,7 +1,6 @@
 """Election against real side-cars on a real API server."""
 
 import queue
-import threading
 import unittest
 
 import harness
@@ -10,34 +9,20 @@ from harness import PATIENCE
 from metaparticle_sync import Election, SidecarUnreachable
 
 
-class Candidate:
+class Candidate(harness.RunningElection):
     """An Election running on a thread, recording its callbacks."""
 
     def __init__(self, test, sidecar, name="election", retry_timeout=30.0):
         self.sidecar = sidecar
         self.events = queue.Queue()
-        self.election = Election(name, lambda: self.events.put("master"), lambda: self.events.put("lost"),
-                                 base_uri=sidecar.address, retry_timeout=retry_timeout)
-        self.error = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        test.addCleanup(self.stop)
-
-    def _run(self):
-        try:
-            self.election.run()
-        except BaseException as e:
-            self.error.append(e)
+        super().__init__(test, Election(name, lambda: self.events.put("master"), lambda: self.events.put("lost"),
+                                        base_uri=sidecar.address, retry_timeout=retry_timeout))
 
     def next(self):
         try:
             return self.events.get(timeout=PATIENCE)
         except queue.Empty:
             raise AssertionError("no election callback within %gs" % PATIENCE)
-
-    def stop(self):
-        self.election.shutdown()
-        self.thread.join(PATIENCE)
 
 
 class ElectionTest(harness.SidecarTestCase):

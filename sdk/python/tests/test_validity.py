@@ -50,27 +50,13 @@ class Recorder:
             raise AssertionError("no callback within %gs" % patience)
 
 
-class Candidate:
+class Candidate(harness.RunningElection):
     """An Election running on a thread, recording its callbacks with their times."""
 
     def __init__(self, test, sidecar, name="election", ttl=LONG_TTL, address=None):
         self.rec = Recorder()
-        self.election = Election(name, self.rec.callback("master"), self.rec.callback("lost"),
-                                 base_uri=address or sidecar.address, ttl=ttl)
-        self.error = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        test.addCleanup(self.stop)
-
-    def _run(self):
-        try:
-            self.election.run()
-        except BaseException as e:
-            self.error.append(e)
-
-    def stop(self):
-        self.election.shutdown()
-        self.thread.join(PATIENCE)
+        super().__init__(test, Election(name, self.rec.callback("master"), self.rec.callback("lost"),
+                                        base_uri=address or sidecar.address, ttl=ttl))
 
 
 class FrozenSidecarTest(harness.SidecarTestCase):
