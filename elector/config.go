@@ -50,6 +50,13 @@ type Config struct {
 
 	// ShutdownTimeout bounds the orderly shutdown. Default 10s.
 	ShutdownTimeout time.Duration
+
+	// Mode is how the side-car runs in its Pod: contract.ModeNative or contract.ModeClassic
+	// (the injector sets it). In classic mode the applications may outlive the side-car's
+	// SIGTERM, so the transports open the sessions of clients that can learn of a loss only at
+	// their next request (the original protocol) with SessionOptions.OutlivesShutdown. Default
+	// classic, the safe choice for a side-car listed by hand.
+	Mode string
 }
 
 // Timing returns c's Lease timing.
@@ -69,6 +76,9 @@ func (c Config) withDefaults() Config {
 	c.LeaseDuration, c.RenewDeadline, c.RenewPeriod, c.RetryPeriod = t.LeaseDuration, t.RenewDeadline, t.RenewPeriod, t.RetryPeriod
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Mode == "" {
+		c.Mode = contract.ModeClassic
 	}
 	return c
 }
@@ -104,6 +114,9 @@ func (c Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdown timeout %s must be positive", c.ShutdownTimeout)
+	}
+	if c.Mode != contract.ModeNative && c.Mode != contract.ModeClassic {
+		bad("mode %q must be %q (an init container with restartPolicy Always) or %q (a regular container)", c.Mode, contract.ModeNative, contract.ModeClassic)
 	}
 	return errors.Join(errs...)
 }

@@ -55,6 +55,7 @@ type Engine struct {
 	ctx          context.Context // parent of every API call and goroutine; cancelled by Halt
 	cancel       context.CancelFunc
 	workerExited chan struct{} // capacity 1: signalled when a name's worker exits
+	sessionEnded chan struct{} // capacity 1: signalled when a session ends
 
 	// Lock order: mu, then a nameState's mu, then smu or a session's mu. smu and a session's mu
 	// are never held while taking another lock.
@@ -105,6 +106,7 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 		ctx:          ctx,
 		cancel:       cancel,
 		workerExited: make(chan struct{}, 1),
+		sessionEnded: make(chan struct{}, 1),
 		names:        map[string]*nameState{},
 		sessions:     map[string]*session{},
 	}
@@ -197,17 +199,23 @@ func (e *Engine) Start(ctx context.Context) error {
 const shutdownNotice = time.Second
 
 // Shutdown ends the Engine in order: it refuses new work (wire.CodeShuttingDown), ends every
-// session, which releases every hold, closes every watch, waits for the releases to be written
-// (or ctx to end), and then stops like Halt. It returns ctx's error if the releases did not all
-// finish in time.
+// session, which releases every hold, waits for the sessions that outlive it
+// (SessionOptions.OutlivesShutdown) to end, closes every watch, waits for the releases to be
+// written (or ctx to end), and then stops like Halt. It returns ctx's error if the releases did
+// not all finish in time; the holds not released then expire after their lease duration.
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.closing.Store(true)
 	e.log.Info("shutting down: releasing every hold")
 
 	e.smu.Lock()
 	sessions := make([]*session, 0, len(e.sessions))
+	var outliving []*session
 	for _, s := range e.sessions {
-		sessions = append(sessions, s)
+		if s.opts.OutlivesShutdown {
+			outliving = append(outliving, s)
+		} else {
+			sessions = append(sessions, s)
+		}
 	}
 	e.smu.Unlock()
 	// Tell every client first, and give their event streams up to shutdownNotice to write the
@@ -243,6 +251,20 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	}
 
 	var err error
+	if len(outliving) > 0 {
+		e.log.Info("shutting down: waiting for sessions whose clients must be told at their next request", "sessions", len(outliving))
+	}
+	for _, s := range outliving {
+		for !s.hasEnded() && err == nil {
+			select {
+			case <-e.sessionEnded:
+			case <-ctx.Done():
+				err = fmt.Errorf("waiting for %d sessions to be told: %w", len(outliving), ctx.Err())
+			case <-e.ctx.Done():
+				err = errors.New("halted while shutting down")
+			}
+		}
+	}
 	for e.workersRunning() && err == nil {
 		select {
 		case <-e.workerExited:
@@ -446,6 +468,9 @@ func (e *Engine) workersRunning() bool {
 	}
 	return false
 }
+
+// ShuttingDown reports whether Shutdown or Halt has begun: new work is refused from then on.
+func (e *Engine) ShuttingDown() bool { return e.closing.Load() }
 
 // Done returns a channel that is closed when the Engine has stopped (Halt, or the end of
 // Shutdown). After that every method fails with wire.CodeShuttingDown.

@@ -28,6 +28,7 @@ type session struct {
 	holder string // "<pod>/<id>", the Lease holder identity of its holds
 	client string // free-form label from the client, for logs
 	ttl    time.Duration
+	opts   SessionOptions
 
 	notify  chan struct{} // capacity 1: signalled when events are queued or the session ends
 	flushed chan struct{} // closed once the event stream has written EventClosed
@@ -45,8 +46,25 @@ type session struct {
 
 // ---- Sessions ----
 
+// SessionOptions are settings of a session that its client does not choose: the transport that
+// opens it on the client's behalf does. The zero value is a version-1 session's.
+type SessionOptions struct {
+	// OutlivesShutdown keeps the session, and its holds, through Shutdown until the session is
+	// closed or expires (its TTL without a keep-alive), or until Shutdown's context ends, when
+	// the Engine stops without releasing them and they expire after their lease duration. It is
+	// for clients that can learn of a loss only in the answer to their next request (the
+	// original protocol): the transport tells them there, then closes the session. Without it,
+	// Shutdown ends the session and tells the client on its event stream before releasing.
+	OutlivesShutdown bool
+}
+
 // OpenSession opens a session for a client. See wire.OpenSessionRequest.
 func (e *Engine) OpenSession(req wire.OpenSessionRequest) (wire.Session, error) {
+	return e.OpenSessionWith(req, SessionOptions{})
+}
+
+// OpenSessionWith is OpenSession with options.
+func (e *Engine) OpenSessionWith(req wire.OpenSessionRequest, opts SessionOptions) (wire.Session, error) {
 	ttl := wire.DefaultSessionTTL
 	if req.TTLMillis != 0 {
 		ttl = time.Duration(req.TTLMillis) * time.Millisecond
@@ -71,6 +89,7 @@ func (e *Engine) OpenSession(req wire.OpenSessionRequest) (wire.Session, error) 
 		holder:    e.cfg.PodName + "/" + id,
 		client:    req.Client,
 		ttl:       ttl,
+		opts:      opts,
 		notify:    make(chan struct{}, 1),
 		flushed:   make(chan struct{}),
 		interests: map[*nameState]bool{},
@@ -272,6 +291,7 @@ func (e *Engine) closeSession(s *session, reason string, code wire.ErrorCode) ([
 	e.smu.Lock()
 	delete(e.sessions, s.id)
 	e.smu.Unlock()
+	signal(e.sessionEnded)
 	e.log.Info("session ended", "session", s.id, "reason", reason)
 	return names, true
 }

@@ -21,11 +21,11 @@ const (
 	// ModeNative adds the side-car as the first init container with restartPolicy Always
 	// (a native side-car, Kubernetes ≥ 1.29): it starts, and passes its startup probe, before any
 	// application container starts, and it does not keep a finished Job's Pod alive.
-	ModeNative Mode = "native"
+	ModeNative Mode = contract.ModeNative
 	// ModeClassic appends the side-car to the Pod's containers, for clusters older than 1.29.
 	// Applications may start before it serves (the SDKs retry), and a Job's Pod never completes
 	// while the side-car runs.
-	ModeClassic Mode = "classic"
+	ModeClassic Mode = contract.ModeClassic
 )
 
 // Config is what the injector adds to Pods. Build it with DefaultConfig and change what differs;

@@ -139,6 +139,8 @@ func sidecarContainer(c Config) corev1.Container {
 			{Name: contract.EnvRenewPeriod, Value: c.Timing.RenewPeriod.String()},
 			{Name: contract.EnvRetryPeriod, Value: c.Timing.RetryPeriod.String()},
 			{Name: contract.EnvLogLevel, Value: strconv.Itoa(contract.LogLevels[c.LogLevel])},
+			// What its shutdown may release depends on it (contract.ModeClassic).
+			{Name: contract.EnvMode, Value: string(c.Mode)},
 		},
 		Ports: []corev1.ContainerPort{{Name: HealthPortName, ContainerPort: healthPort, Protocol: corev1.ProtocolTCP}},
 		// The startup probe gates the application containers (native mode): they start once the

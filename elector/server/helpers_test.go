@@ -72,6 +72,12 @@ type bed struct {
 // belong to; api, if given, must be made there too.
 func newBed(t *testing.T, pod string, api *leasefake.API, clk *testingclock.FakeClock) *bed {
 	t.Helper()
+	return newBedConfig(t, elector.Config{PodName: pod, Namespace: testNS}, api, clk)
+}
+
+// newBedConfig is newBed with a configuration of its own.
+func newBedConfig(t *testing.T, cfg elector.Config, api *leasefake.API, clk *testingclock.FakeClock) *bed {
+	t.Helper()
 	if api == nil {
 		api = leasefake.New(t)
 	}
@@ -79,7 +85,7 @@ func newBed(t *testing.T, pod string, api *leasefake.API, clk *testingclock.Fake
 		clk = testingclock.NewFakeClock(epoch)
 	}
 	reg := prometheus.NewRegistry()
-	e, err := elector.NewEngine(elector.Config{PodName: pod, Namespace: testNS}, api.Leases(testNS), elector.Options{Clock: clk, Registerer: reg, Log: leasefake.Logger(t)})
+	e, err := elector.NewEngine(cfg, api.Leases(testNS), elector.Options{Clock: clk, Registerer: reg, Log: leasefake.Logger(t)})
 	if err != nil {
 		t.Fatalf("NewEngine: got %v; want nil", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/metaparticle-io/sync/elector"
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -42,12 +43,23 @@ import (
 //
 // Each legacy hold is a session of its own, opened by the first successful PUT with a TTL of
 // the legacy TTL (30 s, the original's), whose holder identity is "<pod>/<session>". Every later
-// PUT is that session's keep-alive. When PUTs stop for the TTL the session ends and the Engine
-// releases the Lease at once (the original let it expire). A PUT that finds the lock taken makes
-// one try (wire.AcquireRequest.Try) and answers 409 if it fails. A follower reads the session's
-// events: when the Engine reports the hold lost (it could not renew, or the Lease was taken), the
-// session is ended and the next PUT, if it comes within the TTL, answers 409, so a heartbeating
-// legacy client learns of the loss at its next heartbeat instead of silently re-taking the lock.
+// PUT is that session's keep-alive, and answers 200 only when the keep-alive's answer shows the
+// Engine still holding that very grant with validity left (notHeld); otherwise the PUT answers
+// 409 first and then closes the session. When PUTs stop for the TTL the session ends and the
+// Engine releases the Lease at once (the original let it expire). A PUT that finds the lock
+// taken makes one try (wire.AcquireRequest.Try) and answers 409 if it fails. A follower reads
+// the session's events: when the Engine reports the hold lost, the session is ended and the
+// next PUT, if it comes within the TTL, answers 409, so a heartbeating legacy client learns of
+// the loss at its next heartbeat instead of silently re-taking the lock.
+//
+// # Shutdown
+//
+// The original SDKs learn of a loss only from a 409 (some ignore a refused connection, see
+// docs/api.md). In classic mode (contract.ModeClassic) the application may outlive the
+// side-car's SIGTERM, so legacy sessions are opened with elector.SessionOptions.OutlivesShutdown:
+// the Engine keeps them through Shutdown, and a PUT during the shutdown answers 409 and then
+// closes its session, which releases the hold. In native mode the application has exited
+// before the side-car is stopped, and Shutdown releases legacy holds with every other.
 
 // LegacyTTL is how long a lock taken with the original protocol is kept without a PUT: the
 // original elector's 30 s. Its SDKs send a PUT every 10 s.
@@ -88,6 +100,8 @@ const legacyTimeFormat = "2006-01-02T15:04:05.000Z07:00"
 type legacyAPI struct {
 	e   *elector.Engine
 	ttl time.Duration
+	// streamEvents is e.StreamEvents; tests delay the events a follower reads with it.
+	streamEvents func(ctx context.Context, k wire.SessionKey, emit func(wire.Event) error) error
 
 	mu    sync.Mutex             // protects names and every legacyName's refs
 	names map[string]*legacyName // names in use by a request or with a hold
@@ -110,9 +124,10 @@ type legacyHold struct {
 }
 
 // mountLegacy serves the original protocol on mux, with holds kept for ttl without a PUT.
-func mountLegacy(mux *http.ServeMux, e *elector.Engine, ttl time.Duration) {
-	a := &legacyAPI{e: e, ttl: ttl, names: map[string]*legacyName{}}
+func mountLegacy(mux *http.ServeMux, e *elector.Engine, ttl time.Duration) *legacyAPI {
+	a := &legacyAPI{e: e, ttl: ttl, streamEvents: e.StreamEvents, names: map[string]*legacyName{}}
 	route(mux, LegacyPathPrefix+"{name}", methods{http.MethodGet: a.get, http.MethodPut: a.put})
+	return a
 }
 
 // enter returns the state of name with its mu held; leave undoes it.
@@ -174,7 +189,8 @@ func (a *legacyAPI) put(w http.ResponseWriter, r *http.Request) {
 	defer a.leave(name, ln)
 	now := a.e.Clock().Now()
 
-	// 1. This Pod holds it: the PUT is a heartbeat, the session's keep-alive.
+	// 1. This Pod holds it: the PUT is a heartbeat, the session's keep-alive, and answers 200
+	// only when the Engine confirms that it still holds that very grant.
 	if h := ln.hold; h != nil {
 		if reason := h.lost.Load(); reason != nil {
 			// 2. The hold was lost since the last PUT. Tell a client that is still
@@ -185,20 +201,34 @@ func (a *legacyAPI) put(w http.ResponseWriter, r *http.Request) {
 				a.conflict(w, name)
 				return
 			}
-		} else if _, err := a.e.KeepAlive(h.session); err == nil {
-			h.lastPut = now
-			a.answer(w, http.StatusOK, name, h)
-			return
-		} else {
+		} else if resp, err := a.e.KeepAlive(h.session); err != nil {
 			// The session ended: no PUT within the TTL, or the side-car is stopping. The
 			// Engine released the hold.
 			ln.hold = nil
 			h.stop()
+		} else if why := a.notHeld(resp, name, h); why != "" {
+			// The Engine lost the grant and the follower has not seen it yet, or the side-car
+			// is stopping: this answer is the only way to tell the client. Tell it first, then
+			// end the session, which releases the hold if the Engine still has it.
+			ln.hold = nil
+			a.e.Logger().Info("legacy heartbeat of a hold that ends; answering 409", "name", name, "session", h.session.ID, "token", h.grant.Token, "reason", why)
+			a.conflict(w, name)
+			_ = http.NewResponseController(w).Flush()
+			h.stop()
+			_ = a.e.CloseSession(h.session)
+			return
+		} else {
+			h.lastPut = now
+			a.answer(w, http.StatusOK, name, h)
+			return
 		}
 	}
 
 	// 3. Take it: a session of its own, one try.
-	s, err := a.e.OpenSession(wire.OpenSessionRequest{TTLMillis: a.ttl.Milliseconds(), Client: "legacy protocol PUT " + LegacyPathPrefix + name})
+	// A classic-mode side-car's application may outlive its SIGTERM and keep heartbeating:
+	// its hold must then outlive the shutdown until this handler has told it (see notHeld).
+	opts := elector.SessionOptions{OutlivesShutdown: a.e.Config().Mode == contract.ModeClassic}
+	s, err := a.e.OpenSessionWith(wire.OpenSessionRequest{TTLMillis: a.ttl.Milliseconds(), Client: "legacy protocol PUT " + LegacyPathPrefix + name}, opts)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -223,10 +253,27 @@ func (a *legacyAPI) put(w http.ResponseWriter, r *http.Request) {
 	a.answer(w, http.StatusOK, name, h)
 }
 
+// notHeld says why a heartbeat of hold h must not answer 200 given the Engine's keep-alive
+// response, or "" when the Engine still holds h's grant with time to spare.
+func (a *legacyAPI) notHeld(resp wire.KeepAliveResponse, name string, h *legacyHold) string {
+	if a.e.ShuttingDown() {
+		return "the side-car is shutting down"
+	}
+	for _, v := range resp.Holds {
+		if v.Kind == wire.KindLock && v.Name == name && v.Token == h.grant.Token {
+			if v.ValidForMillis <= 0 {
+				return "the side-car could not renew the Lease in time"
+			}
+			return ""
+		}
+	}
+	return "the side-car no longer holds the grant"
+}
+
 // follow reads the events of hold h's session until the session ends. A lost hold ends the
 // session and is remembered for the next PUT; any other end forgets the hold.
 func (a *legacyAPI) follow(ctx context.Context, name string, ln *legacyName, h *legacyHold) {
-	_ = a.e.StreamEvents(ctx, h.session, func(ev wire.Event) error {
+	_ = a.streamEvents(ctx, h.session, func(ev wire.Event) error {
 		if ev.Type == wire.EventLost {
 			reason := ev.Reason
 			h.lost.Store(&reason)

@@ -15,8 +15,10 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/metaparticle-io/sync/elector"
 	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
+	"k8s.io/utils/ptr"
 )
 
 // legacyClient replays the original SDKs' requests (python/metaparticle_sync/lock.py of
@@ -366,6 +368,111 @@ func TestLegacyLossIsReportedAtTheNextPUT(t *testing.T) {
 	})
 }
 
+// TestLegacyHeartbeatAnswers200OnlyForTheHeldGrant: a heartbeat answers 200 only when the
+// Engine still holds that very grant. Here the Lease is taken over by a hand edit while the
+// legacy follower has not read the lost event yet (its event stream is stalled): the old
+// handler took the live session for a live hold and answered 200 while another holder held it.
+func TestLegacyHeartbeatAnswers200OnlyForTheHeldGrant(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		mux := http.NewServeMux()
+		la := mountLegacy(mux, b.e, LegacyTTL)
+		stalled := make(chan struct{})
+		la.streamEvents = func(ctx context.Context, k wire.SessionKey, emit func(wire.Event) error) error {
+			return b.e.StreamEvents(ctx, k, func(ev wire.Event) error {
+				if ev.Type == wire.EventLost {
+					select {
+					case <-stalled:
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+				return emit(ev)
+			})
+		}
+		srv := newPipeServer(t, mux)
+		c := &legacyClient{t: t, base: srv.URL, hc: srv.Client, name: "edited", interval: 10 * time.Second}
+		if r := c.tryAcquire(); r.status != http.StatusOK {
+			t.Fatalf("acquire: got %d %s; want 200", r.status, r.raw)
+		}
+		lease := b.api.Get(contract.LeaseName(wire.KindLock, "edited"))
+		lease.Spec.HolderIdentity = ptr.To("pod-z/intruder")
+		b.api.Put(lease)
+		settled(t, "lock holds after the hand edit", func() int { return b.holds(wire.KindLock) }, 0)
+
+		r := c.heartbeat()
+		if r.status != http.StatusConflict || r.lock.Spec.Owner != "pod-z/intruder" {
+			t.Fatalf("heartbeat after the grant was lost: got %d %s; want 409 naming pod-z/intruder", r.status, r.raw)
+		}
+		close(stalled)
+		// Told once: the next PUT is a new attempt, which fails while pod-z holds the Lease.
+		if r := c.heartbeat(); r.status != http.StatusConflict {
+			t.Errorf("second heartbeat: got %d %s; want 409", r.status, r.raw)
+		}
+	})
+}
+
+// TestLegacyShutdownByMode: in classic mode (a regular container, stopped with its
+// application) a shutdown keeps a legacy hold until its client's next heartbeat, which answers
+// 409, and only then releases it; a client that never comes back leaves the hold to expire. In
+// native mode (stopped after the application) it releases at once.
+func TestLegacyShutdownByMode(t *testing.T) {
+	cases := []struct {
+		mode       string
+		heartbeats bool // the holder's app heartbeats during the shutdown
+		// wantHeld: another Pod cannot take the lock while the shutdown waits.
+		wantHeld bool
+		wantErr  bool // Shutdown's context ends first
+	}{
+		{contract.ModeClassic, true, true, false},
+		{contract.ModeClassic, false, true, true},
+		{contract.ModeNative, false, false, false},
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprintf("%s/heartbeats=%v", tc.mode, tc.heartbeats), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ab := newBedConfig(t, elector.Config{PodName: "pod-a", Namespace: testNS, Mode: tc.mode}, nil, nil)
+				a := &legacyBed{bed: ab, srv: newPipeServer(t, NewHandler(ab.e))}
+				other := newLegacyBed(t, "pod-b", a)
+				ca, cb := a.client("job"), other.client("job")
+				if r := ca.tryAcquire(); r.status != http.StatusOK {
+					t.Fatalf("pod A's acquire: got %d %s; want 200", r.status, r.raw)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), elector.DefaultShutdownTimeout)
+				defer cancel()
+				done := make(chan error, 1)
+				go func() { done <- a.e.Shutdown(ctx) }()
+				synctest.Wait()
+				if r := cb.tryAcquire(); (r.status == http.StatusConflict) != tc.wantHeld {
+					t.Fatalf("pod B's acquire during pod A's shutdown: got %d %s; want held by A: %v", r.status, r.raw, tc.wantHeld)
+				}
+				if tc.heartbeats {
+					if r := ca.heartbeat(); r.status != http.StatusConflict {
+						t.Fatalf("pod A's heartbeat during its side-car's shutdown: got %d %s; want 409 (lost)", r.status, r.raw)
+					}
+				}
+				err := <-done
+				if (err != nil) != tc.wantErr {
+					t.Fatalf("Shutdown: got %v; want an error: %v", err, tc.wantErr)
+				}
+				synctest.Wait()
+				r := cb.tryAcquire()
+				if tc.wantErr {
+					// Nothing was released: the Lease expires after its lease duration.
+					if r.status != http.StatusConflict {
+						t.Fatalf("pod B's acquire after a shutdown that released nothing: got %d %s; want 409", r.status, r.raw)
+					}
+					other.steps(contract.DefaultLeaseDuration + time.Second)
+					r = cb.tryAcquire()
+				}
+				if r.status != http.StatusOK {
+					t.Errorf("pod B's acquire after pod A's shutdown: got %d %s; want 200", r.status, r.raw)
+				}
+			})
+		})
+	}
+}
+
 // legacyRequestCase is one request of TestLegacyRequests.
 type legacyRequestCase struct {
 	name, method, path, ct, body string
@@ -540,8 +647,9 @@ func TestIntegrationLegacyReplay(t *testing.T) {
 	}
 }
 
-// TestIntegrationLegacyHolderLosesToSideCarShutdown: when the side-car stops, its legacy holds
-// are released at once and the holder's next heartbeat fails, as the original SDKs expect.
+// TestIntegrationLegacyHolderLosesToSideCarShutdown: when a classic-mode side-car (the default)
+// stops, the holder's next heartbeat answers 409, as the original SDKs expect, and the hold is
+// released right after it, without waiting for the TTL.
 func TestIntegrationLegacyHolderLosesToSideCarShutdown(t *testing.T) {
 	ns := env.Namespace(t)
 	a, urlA := startLegacySidecar(t, ns, "pod-a")

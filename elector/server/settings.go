@@ -81,6 +81,11 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 	fs.DurationVar(&s.ShutdownTimeout, "shutdown-timeout", 0, usage("shutdown-timeout", contract.EnvShutdownTimeout,
 		"Bound on the orderly shutdown after SIGTERM (release every hold, finish requests). Keep it\n"+
 			"below the Pod's terminationGracePeriodSeconds. Default "+elector.DefaultShutdownTimeout.String()+"."))
+	fs.StringVar(&s.Mode, "mode", "", usage("mode", contract.EnvMode,
+		"How the side-car runs in its Pod: native (an init container with restartPolicy Always,\n"+
+			"stopped after the application) or classic (a regular container, stopped with it). In\n"+
+			"classic mode a shutdown keeps each original-protocol hold until its client's next PUT\n"+
+			"(answered 409) or the end of its TTL. Default "+contract.ModeClassic+"."))
 	fs.IntVar(&s.KubeAPIQPS, "kube-api-qps", 0, usage("kube-api-qps", contract.EnvKubeAPIQPS,
 		fmt.Sprintf("Requests per second the side-car may send to the API server (sustained). Default %d.", DefaultKubeAPIQPS)))
 	fs.IntVar(&s.KubeAPIBurst, "kube-api-burst", 0, usage("kube-api-burst", contract.EnvKubeAPIBurst,

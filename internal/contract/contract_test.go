@@ -70,15 +70,18 @@ func TestInjectedEnvironmentConfiguresTheSidecar(t *testing.T) {
 			ListenAddress: wire.DefaultAddress, HealthAddress: elector.DefaultHealthAddress,
 			LeaseDuration: contract.DefaultLeaseDuration, RenewDeadline: contract.DefaultRenewDeadline,
 			RenewPeriod: contract.DefaultRenewPeriod, RetryPeriod: contract.DefaultRetryPeriod,
+			Mode: contract.ModeNative,
 		}, 0},
 		{"overrides", map[string]string{
 			webhook.AnnotationPort: "14000", webhook.AnnotationLogLevel: "debug",
 			webhook.AnnotationLeaseDuration: "20s", webhook.AnnotationRenewDeadline: "12s",
 			webhook.AnnotationRenewPeriod: "4s", webhook.AnnotationRetryPeriod: "500ms",
+			webhook.AnnotationMode: "classic",
 		}, elector.Config{
 			ListenAddress: "127.0.0.1:14000", HealthAddress: ":14001",
 			LeaseDuration: 20 * time.Second, RenewDeadline: 12 * time.Second,
 			RenewPeriod: 4 * time.Second, RetryPeriod: 500 * time.Millisecond,
+			Mode: contract.ModeClassic,
 		}, 2},
 	}
 	for _, tt := range tests {
@@ -105,6 +108,9 @@ func TestInjectedEnvironmentConfiguresTheSidecar(t *testing.T) {
 				got.RenewPeriod != tt.want.RenewPeriod || got.RetryPeriod != tt.want.RetryPeriod {
 				t.Errorf("got timing %v/%v/%v/%v; want %v/%v/%v/%v", got.LeaseDuration, got.RenewDeadline, got.RenewPeriod, got.RetryPeriod,
 					tt.want.LeaseDuration, tt.want.RenewDeadline, tt.want.RenewPeriod, tt.want.RetryPeriod)
+			}
+			if got.Mode != tt.want.Mode {
+				t.Errorf("got side-car mode %q; want %q (how it was injected)", got.Mode, tt.want.Mode)
 			}
 			if s.LogLevel != tt.wantLog {
 				t.Errorf("got side-car log level %d; want %d", s.LogLevel, tt.wantLog)

@@ -18,6 +18,21 @@ const (
 	EnvLogLevel        = "METAPARTICLE_SYNC_LOG_LEVEL"
 	EnvKubeAPIQPS      = "METAPARTICLE_SYNC_KUBE_API_QPS"
 	EnvKubeAPIBurst    = "METAPARTICLE_SYNC_KUBE_API_BURST"
+	EnvMode            = "METAPARTICLE_SYNC_MODE"
+)
+
+// How the side-car runs in its Pod (EnvMode), which decides what its shutdown may release.
+const (
+	// ModeNative: an init container with restartPolicy Always. The kubelet stops it only after
+	// every application container has exited, so at its SIGTERM no client of the Pod is left
+	// and it releases every hold at once.
+	ModeNative = "native"
+	// ModeClassic: a regular container (the injector's classic mode, or a side-car listed by
+	// hand). Its SIGTERM comes with the application's, so an application may still be using a
+	// hold that only its next request can be told about (the original protocol's clients):
+	// such holds are released only once their client was told, or stopped asking, or not at
+	// all (they expire). The default, because it is the safe one.
+	ModeClassic = "classic"
 )
 
 // LogLevels maps the log level names that the injector accepts (flag and annotation) to the
