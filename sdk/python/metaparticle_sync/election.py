@@ -12,6 +12,16 @@ from .lock import DEFAULT_RETRY_TIMEOUT, DEFAULT_TTL, check_options
 log = logging.getLogger("metaparticle_sync")
 
 
+class _Term:
+    """One term of leadership of this process."""
+
+    __slots__ = ("token", "called")
+
+    def __init__(self, token):
+        self.token = token
+        self.called = threading.Event()  # master_fn has been called
+
+
 class Election:
     """Leader election for ``name`` through the Metaparticle Sync side-car.
 
@@ -22,9 +32,27 @@ class Election:
     validity it gave runs out (the side-car is paused or cut off, and another candidate may soon
     be elected) is lost too: the session ends, and run() stands again on a new one. Leadership
     reported by the side-car starts (master_fn) once a keep-alive sent after the report
-    confirms it. Both callbacks are called in run()'s thread, in order, and should return
-    promptly: start the leader's work on a thread in master_fn and stop it in lost_master_fn.
-    If run() returns or raises while this process leads, lost_master_fn() is called first.
+    confirms it. If run() returns or raises while this process leads, lost_master_fn() is
+    called first.
+
+    Each term's ``master_fn()`` runs on a daemon thread of its own,
+    "metaparticle-sync-leader-<name>", so it may do the leader's work itself and return when
+    the term is over, or start the work elsewhere and return at once; its returning does not
+    end the term. run()'s thread only dispatches the side-car's events, so a loss is reported
+    at once whatever master_fn is doing: ``is_leader`` turns False and ``token`` None, and
+    ``lost_master_fn()`` is called on run()'s thread, while that term's master_fn may still
+    run. lost_master_fn is the signal to stop the leader's work; it should return promptly,
+    for run() handles no event until it has. Inside master_fn, ``is_leader`` is True exactly
+    while its own term lasts, so ``while election.is_leader: ...`` is a way to do the work.
+
+    Order: lost_master_fn() of a term is called only after that term's master_fn() has been
+    called, and once per term. A new term's master_fn() is not started before the previous
+    term's master_fn() has returned, so two never run at once; until then the new term has not
+    begun (is_leader stays False, a warning is logged), and if it ends first, neither of its
+    callbacks is called. An exception from master_fn() is logged (logger "metaparticle_sync")
+    and ends neither the term nor run(). An exception from lost_master_fn() propagates out of
+    run(), which leaves the election first; is_leader is already False by then. run() does not
+    wait for a master_fn() that is still running when it returns.
 
     ``leader()`` returns the current leader's identity ("<pod>/<session>") or None; ``is_leader``
     and ``token`` (the fencing token of the current term, an int) describe this process.
@@ -48,8 +76,10 @@ class Election:
         self._running = False
         self._stop = threading.Event()
         self._queue = queue.Queue()
-        self._leading = False
+        self._leading = False  # a term has begun (its master_fn was started) and not ended
         self._token = None
+        self._term = None  # the _Term that _leading describes
+        self._busy = None  # the _Term whose master_fn has not returned, of this or an earlier term
 
     @property
     def address(self):
@@ -58,7 +88,8 @@ class Election:
 
     @property
     def is_leader(self):
-        """True between master_fn() and lost_master_fn()."""
+        """True from when a term's master_fn() is started until its loss: lost_master_fn() is
+        called just after it turns False."""
         with self._mu:
             return self._leading
 
@@ -139,10 +170,15 @@ class Election:
         """Dispatches the session's events until it ends (True: stand again) or shutdown()
         (False)."""
         pending = None  # the token of an elected event that no keep-alive has confirmed yet
+        waiting = None  # (token,): a confirmed term that waits for the last master_fn to return
         while True:
             kind, s, payload = events.get()
             if kind == "stop":
                 return False
+            if kind == "returned":  # from a leader thread, of any session
+                if waiting is not None and self._start(waiting[0]):
+                    waiting = None
+                continue
             if s is not session:
                 continue  # from an earlier session
             if kind == "elected":
@@ -153,29 +189,70 @@ class Election:
                     # The term starts when a keep-alive sent after it confirms it ("confirmed").
                     with self._mu:
                         same = self._leading and self._token == token
-                    if not same:
+                    if not same and waiting != (token,):
                         self._step_down()  # a new term replaces the one this process led, if any
+                        waiting = None
                         pending = token
                     continue
-                self._lead(int(grant["token"]) if grant.get("token") else None)  # an older side-car
+                waiting = self._begin(int(grant["token"]) if grant.get("token") else None)  # an older side-car
             elif kind == "confirmed":
                 if pending is not None and payload == pending:
                     pending = None
-                    self._lead(payload)
+                    waiting = self._begin(payload)
             elif kind == "deposed":
                 token = token_of((payload.get("grant") or {}).get("token"))
                 if pending is not None and (token is None or token >= pending):
                     pending = None
+                if waiting is not None and (token is None or waiting[0] is None or token >= waiting[0]):
+                    waiting = None  # it ends before it began: neither callback is called
                 self._step_down()
             elif kind == "ended":
                 self._step_down()
                 return True
 
-    def _lead(self, token):
+    def _begin(self, token):
+        """Begins the term of a confirmed leadership. Returns None, or (token,) when the previous
+        term's master_fn has not returned yet: the caller starts it on the "returned" event."""
+        if self._start(token):
+            return None
+        log.warning("metaparticle_sync: election %r: elected (term %s) while the master_fn of the previous term is "
+                    "still running; this term's master_fn starts when it returns", self.name, token)
+        return (token,)
+
+    def _start(self, token):
+        """Starts a term: is_leader and token, then master_fn on a leader thread. False, and
+        nothing done, while an earlier master_fn has not returned."""
         with self._mu:
-            was, self._leading, self._token = self._leading, True, token
-        if not was:
+            if self._leading:
+                self._token = token  # an older side-car elected this process again in its term
+                return True
+            if self._busy is not None:
+                return False
+            term = _Term(token)
+            self._leading, self._token, self._term, self._busy = True, token, term, term
+        t = threading.Thread(target=self._master, args=(term,), name="metaparticle-sync-leader-%s" % self.name,
+                             daemon=True)
+        try:
+            t.start()
+        except BaseException:
+            with self._mu:
+                self._leading, self._token, self._term, self._busy = False, None, None, None
+            raise
+        return True
+
+    def _master(self, term):
+        """The leader thread of a term: calls master_fn, then tells the dispatcher it returned."""
+        term.called.set()
+        try:
             self.master_fn()
+        except Exception:
+            log.exception("metaparticle_sync: the master_fn of election %r (term %s) failed", self.name, term.token)
+        finally:
+            with self._mu:
+                if self._busy is term:
+                    self._busy = None
+                events = self._queue  # that of the run() going on now, if it is not the one that started it
+            events.put(("returned", None, term))
 
     def _leave(self, session):
         """Leaves the election, so that the side-car hands leadership over before answering,
@@ -189,9 +266,13 @@ class Election:
         session.close()
 
     def _step_down(self):
+        """Ends the term this process leads, if any: is_leader False at once, then
+        lost_master_fn, whether or not the term's master_fn has returned."""
         with self._mu:
-            was, self._leading, self._token = self._leading, False, None
-        if was:
+            term = self._term
+            self._leading, self._token, self._term = False, None, None
+        if term is not None:
+            term.called.wait()  # the leader thread was started: only its first line is awaited
             self.lost_master_fn()
 
     def _on_event(self, session, ev):

@@ -1,6 +1,9 @@
 """Election against real side-cars on a real API server."""
 
+import logging
 import queue
+import threading
+import time
 import unittest
 
 import harness
@@ -25,7 +28,61 @@ class Candidate(harness.RunningElection):
             raise AssertionError("no election callback within %gs" % PATIENCE)
 
 
+class BlockingCandidate(harness.RunningElection):
+    """A candidate whose master_fn records that it started, on which thread, then blocks until
+    ``release`` is set, and records that it returns."""
+
+    def __init__(self, test, sidecar, name="election"):
+        self.sidecar = sidecar
+        self.events = queue.Queue()
+        self.release = threading.Event()
+        self.threads = []  # the thread of each master_fn call
+        super().__init__(test, Election(name, self._master, lambda: self.events.put("lost"), base_uri=sidecar.address))
+        test.addCleanup(self.release.set)  # cleanups run last in, first out: before stop()
+
+    def _master(self):
+        self.threads.append(threading.current_thread())
+        self.events.put("master")
+        self.release.wait()
+        self.events.put("returned")
+
+
+class LogRecords(logging.Handler):
+    """The metaparticle_sync logger's records (warnings and above), in a queue, while the test
+    runs."""
+
+    def __init__(self, test):
+        super().__init__()
+        self.records = queue.Queue()
+        logger = logging.getLogger("metaparticle_sync")
+        logger.addHandler(self)
+        test.addCleanup(logger.removeHandler, self)
+
+    def emit(self, record):
+        self.records.put(record)
+
+    def wait(self, predicate, what):
+        """The next record that satisfies predicate; fails after PATIENCE."""
+        give_up = time.monotonic() + PATIENCE
+        while True:
+            try:
+                record = self.records.get(timeout=max(0.0, give_up - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("got no log record within %gs; want %s" % (PATIENCE, what))
+            if predicate(record):
+                return record
+
+
 class ElectionTest(harness.SidecarTestCase):
+
+    def expect(self, candidate, want, what):
+        """The candidate's next callback record must be want."""
+        try:
+            got = repr(candidate.events.get(timeout=PATIENCE))
+        except queue.Empty:
+            got = "no callback within %gs" % PATIENCE
+        if got != repr(want):
+            self.fail("%s: got %s; want %r" % (what, got, want))
 
     def test_one_leader_handover_on_shutdown_and_leader(self):
         sidecars = [self.sidecar("pod-%d" % i) for i in range(3)]
@@ -101,6 +158,80 @@ class ElectionTest(harness.SidecarTestCase):
             c.election.run()  # already running
         c.stop()
         self.assertEqual(c.next(), "lost")
+
+    def test_loss_is_reported_at_once_while_master_fn_blocks(self):
+        logs = LogRecords(self)
+        a, b = self.sidecar("pod-a"), self.sidecar("pod-b")
+        first = BlockingCandidate(self, a)
+        self.expect(first, "master", "the first candidate's master_fn")
+        token = first.election.token
+        master = first.threads[0]
+        if not isinstance(token, int) or not first.election.is_leader:
+            self.fail("in master_fn: got is_leader %r, token %r; want True and an int" % (first.election.is_leader, token))
+        second = Candidate(self, b)
+        self.eventually(lambda: b.metric("waiting", kind="election") == 1, "the other candidate to stand")
+
+        # Pod A's side-car stops while master_fn is blocked: the loss is reported all the same.
+        a.terminate()
+        self.expect(first, "lost", "the leader whose side-car stopped while master_fn blocks")
+        if first.election.is_leader or first.election.token is not None:
+            self.fail("after the loss: got is_leader %r, token %r; want False and None" % (
+                first.election.is_leader, first.election.token))
+        if master is first.thread or not master.is_alive():
+            self.fail("got master_fn on %r (alive: %r); want it still blocked on a thread other than run()'s" % (
+                master, master.is_alive()))
+        self.expect(second, "master", "the other Pod's candidate")
+        if first.election.is_leader:
+            self.fail("while another Pod leads: got is_leader True; want False")
+        if first.error:
+            self.fail("run() of the first candidate: got %r; want it still running" % first.error)
+
+        # The first stands again, through its restarted side-car, and is elected when the other
+        # leaves: that term waits for the blocked master_fn, and starts when it returns.
+        a.start()
+        second.stop()
+        self.expect(second, "lost", "the other Pod's candidate, shut down")
+        logs.wait(lambda r: r.levelno == logging.WARNING and "still running" in r.getMessage(),
+                  "the warning that the new term waits for the previous master_fn")
+        if first.election.is_leader or not first.events.empty():
+            self.fail("before the old master_fn returned: got is_leader %r, callbacks %r; want False and none" % (
+                first.election.is_leader, list(first.events.queue)))
+        first.release.set()
+        self.expect(first, "returned", "the old master_fn, released")
+        self.expect(first, "master", "the new term's master_fn")
+        self.expect(first, "returned", "the new term's master_fn (the release is set)")
+        if not first.election.is_leader or not first.election.token > token:
+            self.fail("after master_fn returned: got is_leader %r, token %r; want True and a token above %d" % (
+                first.election.is_leader, first.election.token, token))
+        if len(first.threads) != 2 or first.threads[1] in (master, first.thread):
+            self.fail("got master_fn threads %r; want a new one for the new term" % (first.threads,))
+        first.stop()
+        if first.thread.is_alive():
+            self.fail("got run() still running after shutdown(); want it returned")
+        self.expect(first, "lost", "the first candidate, shut down")
+        if first.error:
+            self.fail("run(): got %r; want no error" % first.error)
+
+    def test_master_fn_that_raises_is_logged_and_the_term_goes_on(self):
+        logs = LogRecords(self)
+        a = self.sidecar("pod-a")
+        events = queue.Queue()
+
+        def master_fn():
+            events.put("master")
+            raise RuntimeError("the leader's work failed")
+
+        c = harness.RunningElection(self, Election("raising", master_fn, lambda: events.put("lost"), base_uri=a.address))
+        record = logs.wait(lambda r: r.exc_info is not None, "master_fn's exception, logged")
+        if record.levelno != logging.ERROR or not isinstance(record.exc_info[1], RuntimeError):
+            self.fail("got %s record of %r; want ERROR with the RuntimeError" % (record.levelname, record.exc_info[1]))
+        self.assertEqual(events.get(timeout=PATIENCE), "master")
+        if not c.election.is_leader or not c.thread.is_alive() or c.error:
+            self.fail("after master_fn raised: got is_leader %r, run() alive %r, error %r; want True, True, none" % (
+                c.election.is_leader, c.thread.is_alive(), c.error))
+        c.stop()
+        self.assertEqual(events.get(timeout=PATIENCE), "lost")
+        self.assertEqual(c.error, [])
 
 
 if __name__ == "__main__":
