@@ -226,24 +226,28 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 			ended = append(ended, endedSession{s, names})
 		}
 	}
-	notice := e.clock.NewTimer(shutdownNotice)
+	// Each session's holds are released as soon as its own stream has written the news (or at
+	// once, without a stream), so that one stream that cannot be flushed delays only its own.
+	noticeOver := make(chan struct{})
+	notice := e.clock.AfterFunc(shutdownNotice, func() { close(noticeOver) })
+	var released sync.WaitGroup
 	for _, x := range ended {
-		x.s.mu.Lock()
-		streaming := x.s.streaming
-		x.s.mu.Unlock()
-		if !streaming {
-			continue
-		}
-		select {
-		case <-x.s.flushed:
-		case <-notice.C():
-		case <-ctx.Done():
-		}
+		released.Go(func() {
+			x.s.mu.Lock()
+			streaming := x.s.streaming
+			x.s.mu.Unlock()
+			if streaming {
+				select {
+				case <-x.s.flushed:
+				case <-noticeOver:
+				case <-ctx.Done():
+				}
+			}
+			e.releaseSession(x.s, x.names)
+		})
 	}
+	released.Wait()
 	notice.Stop()
-	for _, x := range ended {
-		e.releaseSession(x.s, x.names)
-	}
 	for _, n := range e.allNames() {
 		n.mu.Lock()
 		n.closeWatchers()

@@ -229,7 +229,7 @@ func TestHoldLostNoLaterThanRenewDeadline(t *testing.T) {
 					t.Errorf("losses_total{reason=%s}: got %v; want 1", tc.reason, got)
 				}
 				// A lost hold is not held: releasing it is refused.
-				if err := b.e.Release(context.Background(), s.Key(), "l"); codeOf(err) != wire.CodeNotHeld {
+				if err := b.e.Release(context.Background(), s.Key(), "l", ""); codeOf(err) != wire.CodeNotHeld {
 					t.Errorf("Release after loss: got %v; want %s", err, wire.CodeNotHeld)
 				}
 			})
@@ -253,7 +253,7 @@ func TestReleaseHandsOverInFIFOOrder(t *testing.T) {
 		prev := holder
 		last := tokenNum(t, g.Token)
 		for i, s := range sessions {
-			if err := b.e.Release(context.Background(), prev.Key(), "q"); err != nil {
+			if err := b.e.Release(context.Background(), prev.Key(), "q", ""); err != nil {
 				t.Fatalf("Release by %s: got %v; want nil", prev.ID, err)
 			}
 			o := wait(t, results[i])
@@ -270,7 +270,7 @@ func TestReleaseHandsOverInFIFOOrder(t *testing.T) {
 			}
 			prev = s
 		}
-		if err := b.e.Release(context.Background(), prev.Key(), "q"); err != nil {
+		if err := b.e.Release(context.Background(), prev.Key(), "q", ""); err != nil {
 			t.Fatalf("final Release: got %v; want nil", err)
 		}
 		if h := holderOfStored(b.api, g.Lease); h != "" {
@@ -786,7 +786,7 @@ func TestSessionCallsNeedTheSecret(t *testing.T) {
 	}{
 		{"keep-alive", func(b *bed, k wire.SessionKey) error { _, err := b.e.KeepAlive(k); return err }},
 		{"close", func(b *bed, k wire.SessionKey) error { return b.e.CloseSession(k) }},
-		{"release", func(b *bed, k wire.SessionKey) error { return b.e.Release(context.Background(), k, "x") }},
+		{"release", func(b *bed, k wire.SessionKey) error { return b.e.Release(context.Background(), k, "x", "") }},
 		{"acquire", func(b *bed, k wire.SessionKey) error {
 			_, err := b.e.Acquire(context.Background(), k, "y", wire.AcquireRequest{Try: true})
 			return err
@@ -937,6 +937,33 @@ func TestValidityRunsToTheRenewDeadline(t *testing.T) {
 		}
 		if r, err := b.e.KeepAlive(s.Key()); err != nil || len(r.Holds) != 0 {
 			t.Errorf("after the loss: got %+v, %v; want no holds", r, err)
+		}
+	})
+}
+
+// TestReleaseGrant: a grant whose answer could not be delivered is released at once, and its
+// session is told it was lost; a grant that is not the session's current hold is left alone.
+func TestReleaseGrant(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		s := b.open()
+		events := b.events(s.Key())
+		g := b.mustAcquire(s.Key(), "x")
+		stale := g
+		stale.Token = "1"
+		b.e.ReleaseGrant(s.Key(), "x", stale)
+		b.settle()
+		if holder, _ := b.observed(wire.KindLock, "x"); holder != s.Holder {
+			t.Fatalf("holder after releasing another grant: got %q; want %q (unchanged)", holder, s.Holder)
+		}
+		b.e.ReleaseGrant(s.Key(), "x", g)
+		ev := next(t, events)
+		if ev.Type != wire.EventLost || ev.Grant == nil || ev.Grant.Token != g.Token {
+			t.Fatalf("event after ReleaseGrant: got %+v; want lost for token %s", ev, g.Token)
+		}
+		b.settle()
+		if holder, _ := b.observed(wire.KindLock, "x"); holder != "" {
+			t.Errorf("holder after ReleaseGrant: got %q; want none (released at once)", holder)
 		}
 	})
 }

@@ -43,6 +43,11 @@ func (e *Engine) Acquire(ctx context.Context, k wire.SessionKey, name string, re
 	}
 	select {
 	case r := <-c.reply:
+		if r.err == nil && ctx.Err() != nil {
+			// The client went away as the grant arrived: nobody will learn of it.
+			n.releaseGrant(s, r.grant, "the client went away as the lock was granted")
+			return wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "the client went away")
+		}
 		return r.grant, r.err
 	case <-timeout:
 		return n.withdraw(c, "timeout", false)
@@ -62,11 +67,13 @@ func checkAcquire(name string, req wire.AcquireRequest) error {
 }
 
 // Release releases lock name held by session k, clearing the Lease's holder so that the next
-// waiter anywhere takes it at once. It returns when the Lease has been written (or the write
-// has been given up; the Lease then expires by itself).
-func (e *Engine) Release(ctx context.Context, k wire.SessionKey, name string) error {
+// waiter anywhere takes it at once. A non-empty token names the hold (wire.QueryToken): when the
+// session's hold has another token, nothing changes and the error is wire.CodeNotHeld. It
+// returns when the Lease has been written (or the write has been given up; the Lease then
+// expires by itself).
+func (e *Engine) Release(ctx context.Context, k wire.SessionKey, name, token string) error {
 	return e.holdOp(ctx, wire.KindLock, k, name, func(n *nameState, s *session, now time.Time) (<-chan struct{}, error) {
-		return n.releaseLock(s, now)
+		return n.releaseLock(s, token, now)
 	})
 }
 
@@ -122,18 +129,55 @@ func (n *nameState) withdraw(c *contender, result string, gone bool) (wire.Grant
 		return wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q was not acquired within the timeout", n.name)
 	}
 	r := <-c.reply
-	if gone && r.err == nil && n.hold != nil && n.hold.s == c.s && n.hold.grant.Token == r.grant.Token {
-		n.requestRelease(n.hold, "the client went away as the lock was granted", n.e.clock.Now())
+	if gone && r.err == nil {
+		n.releaseGrantLocked(c.s, r.grant, "the client went away as the lock was granted")
 		return wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "the client went away")
 	}
 	return r.grant, r.err
 }
 
-// releaseLock releases s's hold.
-func (n *nameState) releaseLock(s *session, now time.Time) (<-chan struct{}, error) {
+// ReleaseGrant releases grant g of lock name, held by session k, because its client could not
+// be told of it (the transport could not deliver the answer). Unlike Release it does not wait
+// for the write, and it does nothing when the session no longer holds that very grant.
+func (e *Engine) ReleaseGrant(k wire.SessionKey, name string, g wire.Grant) {
+	s, err := e.session(k)
+	if err != nil {
+		return // an ended session has released everything
+	}
+	n, err := e.peekName(wire.KindLock, name)
+	if err != nil || n == nil {
+		return
+	}
+	n.releaseGrantLocked(s, g, "the grant could not be delivered to the client")
+	n.mu.Unlock()
+}
+
+// releaseGrant releases s's hold if it is grant g.
+func (n *nameState) releaseGrant(s *session, g wire.Grant, why string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.releaseGrantLocked(s, g, why)
+}
+
+// releaseGrantLocked is releaseGrant with n.mu held. The session is sent a lost event first:
+// its client did not ask for the release, and may have learnt of the grant after all.
+func (n *nameState) releaseGrantLocked(s *session, g wire.Grant, why string) {
+	if h := n.hold; h != nil && h.s == s && !h.release && h.grant.Token == g.Token {
+		n.e.log.Info("releasing a grant its client did not receive", "name", n.name, "session", s.id, "token", g.Token, "reason", why)
+		n.e.m.losses.WithLabelValues(string(n.kind), lossUndelivered).Inc()
+		n.post(s, wire.Event{Type: wire.EventLost, Kind: n.kind, Grant: ptr(h.grant), Reason: why})
+		n.requestRelease(h, why, n.e.clock.Now())
+	}
+}
+
+// releaseLock releases s's hold, if it has token (any token when it is "").
+func (n *nameState) releaseLock(s *session, token string, now time.Time) (<-chan struct{}, error) {
 	h := n.hold
 	if h == nil || h.s != s || h.release {
 		return nil, wire.Errorf(wire.CodeNotHeld, "session %s does not hold lock %q", s.id, n.name)
+	}
+	if token != "" && token != h.grant.Token {
+		return nil, wire.Errorf(wire.CodeNotHeld, "session %s holds lock %q with token %s, not %s: that hold has ended", s.id, n.name, h.grant.Token, token)
 	}
 	return n.requestRelease(h, "released by the client", now), nil
 }

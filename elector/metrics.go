@@ -34,6 +34,8 @@ const (
 	lossDeleted  = "deleted"
 	lossTaken    = "taken"
 	lossEdited   = "edited"
+	// lossUndelivered: a grant whose client went away before it could be told of it.
+	lossUndelivered = "undelivered"
 )
 
 func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {

@@ -30,6 +30,7 @@ type nameState struct {
 	stale      bool                  // a write conflicted: wait for a version newer than staleRV
 	staleRV    uint64
 	retryAt    time.Time // after a failed write: no acquiring write before this
+	refused    error     // until retryAt: why the last acquiring write was refused for good (a foreign Lease)
 
 	hold     *hold                 // the local hold, if a local session holds it
 	queue    []*contender          // lock waiters (FIFO) or election candidates (join order)

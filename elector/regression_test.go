@@ -44,7 +44,7 @@ func TestReleaseDuringRenewIsNotPostponed(t *testing.T) {
 			t.Fatalf("got no renewal after a renew period; want one in flight")
 		}
 		done := make(chan error, 1)
-		go func() { done <- b.e.Release(context.Background(), s.Key(), "x") }()
+		go func() { done <- b.e.Release(context.Background(), s.Key(), "x", "") }()
 		// Release registers while the renewal is in flight, and parks waiting for its write.
 		settled(t, "release requested during the renewal", func() bool { return b.releasing(wire.KindLock, "x") }, true)
 		quiet(t, done, "Release while the renewal is in flight")
@@ -159,6 +159,48 @@ func TestShutdownTellsClientsBeforeReleasing(t *testing.T) {
 			}
 		default:
 			t.Fatalf("got no release write on shutdown; want one")
+		}
+	})
+}
+
+// TestShutdownReleasesEachSessionWhenItsStreamIsDone: one event stream that cannot be flushed
+// delays only its own session's release. The old Shutdown released nothing until every stream
+// had written the news or the notice period had passed.
+func TestShutdownReleasesEachSessionWhenItsStreamIsDone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		stuck, fine := b.open(), b.open()
+		unblock := make(chan struct{})
+		defer close(unblock)
+		ready := make(chan struct{})
+		go func() {
+			_ = b.e.StreamEvents(context.Background(), stuck.Key(), func(ev wire.Event) error {
+				if ev.Type == wire.EventReady {
+					close(ready)
+					return nil
+				}
+				<-unblock // a client that stopped reading: this write never completes
+				return nil
+			})
+		}()
+		<-ready
+		_ = b.events(fine.Key())
+		gs, gf := b.mustAcquire(stuck.Key(), "stuck"), b.mustAcquire(fine.Key(), "fine")
+		done := make(chan error, 1)
+		go func() { done <- b.e.Shutdown(context.Background()) }()
+		b.settle() // the clock does not move: the notice period has not passed
+		if h := holderOfStored(b.api, gf.Lease); h != "" {
+			t.Fatalf("holder of the lock whose stream was flushed, during the shutdown: got %q; want none (released at once)", h)
+		}
+		if h := holderOfStored(b.api, gs.Lease); h != stuck.Holder {
+			t.Fatalf("holder of the lock whose stream is stuck, within the notice period: got %q; want %q", h, stuck.Holder)
+		}
+		b.step(time.Second) // the notice period
+		if err := wait(t, done); err != nil {
+			t.Fatalf("Shutdown: got %v; want nil", err)
+		}
+		if h := holderOfStored(b.api, gs.Lease); h != "" {
+			t.Errorf("holder of the lock whose stream is stuck, after the notice period: got %q; want none", h)
 		}
 	})
 }

@@ -155,7 +155,7 @@ func (n *nameState) observe(l *coordinationv1.Lease, deleted bool, now time.Time
 
 // learn records a newer version of the Lease.
 func (n *nameState) learn(l *coordinationv1.Lease, rv uint64, now time.Time) {
-	n.obj, n.rv, n.observedAt = l, rv, now
+	n.obj, n.rv, n.observedAt, n.refused = l, rv, now, nil
 	if n.stale && rv > n.staleRV {
 		n.stale = false
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -69,6 +70,24 @@ type result struct {
 
 // errFatal marks errors that retrying cannot fix.
 var errFatal = errors.New("fatal")
+
+// foreign checks, after a Create answered AlreadyExists (exists), whether the existing Lease of
+// the name is one the side-car manages. It returns exists if it is (or if it cannot tell), and
+// otherwise a wire.CodeForeignLease error that names the Lease and the fix. It lists by name:
+// the side-car's Role grants list, not get.
+func (n *nameState) foreign(ctx context.Context, exists error) error {
+	list, err := n.e.leases.List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + n.lease})
+	if err != nil || len(list.Items) == 0 {
+		return exists
+	}
+	l := &list.Items[0]
+	if l.Labels[contract.LabelManagedBy] == contract.ManagedByValue && l.Labels[contract.LabelKind] == string(n.kind) {
+		return exists
+	}
+	return wire.Errorf(wire.CodeForeignLease, "Lease %s/%s, where %s %q lives, exists but is not labelled %s=%s and %s=%s: it was made by something else, or its labels were removed by hand, "+
+		"so this side-car cannot see its changes and will not use it. Delete it (kubectl delete lease -n %s %s) once nothing uses it, and the next acquire creates it afresh",
+		n.e.cfg.Namespace, n.lease, n.kind, n.name, contract.LabelManagedBy, contract.ManagedByValue, contract.LabelKind, n.kind, n.e.cfg.Namespace, n.lease)
+}
 
 func (n *nameState) run() {
 	defer signal(n.e.workerExited)
@@ -163,6 +182,10 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 			n.e.log.Error(err, "refusing to use a Lease", "kind", n.kind, "name", n.name, "lease", n.lease)
 			return nil, wake
 		}
+		if n.refused != nil && now.Before(n.retryAt) && n.kind == wire.KindLock {
+			n.answer(c, wire.Grant{}, n.refused, "failed")
+			continue
+		}
 		if n.stale || now.Before(n.retryAt) {
 			if c.try {
 				n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q is being taken by someone else", n.name), "failed")
@@ -230,6 +253,12 @@ func (n *nameState) do(a *action) result {
 		// The grant counts only once both succeeded.
 		l := newLease(cfg.Namespace, n.lease, n.kind, n.name, a.c.s.holder, a.start, cfg.LeaseDuration)
 		created, err := leases.Create(ctx, l, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			// The informer knows no Lease of that name, yet one exists: either the informer
+			// lags (the winner's version is on its way), or the Lease is not one the informer
+			// can see, so nobody here would ever be woken.
+			return result{err: n.foreign(ctx, err)}
+		}
 		if err != nil {
 			return result{err: err}
 		}
@@ -285,6 +314,7 @@ func (n *nameState) apply(a *action, r result, now time.Time) {
 	switch a.op {
 	case opCreate, opTake:
 		if r.err == nil {
+			n.refused = nil
 			n.granted(a, r.token, now)
 			return
 		}
@@ -381,6 +411,11 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 	log := n.e.log.WithValues("kind", n.kind, "name", n.name, "lease", n.lease, "session", a.c.s.id)
 	conflict := apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err)
 	switch {
+	case wire.CodeOf(err) == wire.CodeForeignLease:
+		// Looked at again when someone asks again, after a retry period.
+		n.retryAt, n.refused = now.Add(n.e.cfg.RetryPeriod), err
+		log.Error(err, "refusing a Lease this side-car does not manage")
+		n.failWaiters(err, "failed")
 	case conflict:
 		log.V(1).Info("lost a race for the Lease; waiting for the winner's version", "op", a.op)
 	case apierrors.IsForbidden(err):
@@ -397,7 +432,9 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 		log.Error(err, "writing the Lease failed; retrying", "op", a.op, "retryAt", n.retryAt)
 	}
 	if c := a.c; c.try && !c.answered {
-		if conflict {
+		if wire.CodeOf(err) == wire.CodeForeignLease {
+			n.answer(c, wire.Grant{}, err, "failed")
+		} else if conflict {
 			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q was taken by someone else first", n.name), "failed")
 		} else {
 			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeUnavailable, "could not write the Lease: %v", err), "failed")

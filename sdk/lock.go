@@ -405,7 +405,9 @@ func (s *session) release(ctx context.Context, name string, h *hold) error {
 
 	rctx, cancel := s.bind(ctx)
 	defer cancel()
-	_, err := s.c.do(rctx, request{method: http.MethodDelete, path: wire.SessionLockPath(s.id, name), secret: s.secret})
+	// Naming the token, so that a DELETE that arrives late never releases a later hold.
+	path := wire.SessionLockReleasePath(s.id, name, strconv.FormatUint(h.token, 10))
+	_, err := s.c.do(rctx, request{method: http.MethodDelete, path: path, secret: s.secret})
 	switch {
 	case err == nil:
 		return nil

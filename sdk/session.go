@@ -117,12 +117,16 @@ func (c *Client) openSession(ctx context.Context) (*session, error) {
 		}
 		return nil, fmt.Errorf("opening the event stream of session %s: %w", s.id, err)
 	}
+	// Both timers are set under s.mu, which markEnded takes to stop them: either may fire at
+	// once.
+	s.mu.Lock()
 	s.silence = time.AfterFunc(s.deadline(), func() {
 		s.end(fmt.Errorf("the side-car sent nothing on the event stream for %s (session TTL %s)", s.deadline(), s.ttl))
 	})
 	s.unacked = time.AfterFunc(s.deadline()-time.Since(sent), func() {
 		s.end(fmt.Errorf("no keep-alive acknowledged for %s (session TTL %s)", s.deadline(), s.ttl))
 	})
+	s.mu.Unlock()
 	s.wg.Add(2)
 	go s.read(events)
 	go s.keepAlive(sent)
@@ -318,6 +322,8 @@ func (s *session) markEnded(cause error) bool {
 	}
 	if s.silence != nil {
 		s.silence.Stop()
+	}
+	if s.unacked != nil {
 		s.unacked.Stop()
 	}
 	locks, elections := s.locks, s.elections

@@ -93,6 +93,18 @@ func SessionLockPath(session, name string) string {
 	return SessionPath(session) + "/locks/" + EscapeName(name)
 }
 
+// QueryToken names, on DELETE SessionLockPath, the fencing token of the hold to release:
+// "?token=<token>". When the session's hold of the lock has another token (a later hold, after
+// a loss and a new grant) the release answers 409 CodeNotHeld and changes nothing, so a late or
+// repeated DELETE never releases a later hold. Without it the DELETE releases whatever hold of
+// the lock the session has. Clients should always send it.
+const QueryToken = "token"
+
+// SessionLockReleasePath is SessionLockPath naming the token of the hold to release.
+func SessionLockReleasePath(session, name, token string) string {
+	return SessionLockPath(session, name) + "?" + QueryToken + "=" + url.QueryEscape(token)
+}
+
 // SessionElectionPath is PUT to stand in an election, DELETEd to leave it.
 func SessionElectionPath(session, name string) string {
 	return SessionPath(session) + "/elections/" + EscapeName(name)
@@ -329,6 +341,7 @@ const (
 	CodeNotAcquired     ErrorCode = "not_acquired"       // 409: try failed, or timeout passed
 	CodeAlreadyHeld     ErrorCode = "already_held"       // 409: this session already holds it
 	CodeNotHeld         ErrorCode = "not_held"           // 409: release of a lock not held
+	CodeForeignLease    ErrorCode = "foreign_lease"      // 409: the name's Lease exists but is not managed by the side-car
 	CodeTooLarge        ErrorCode = "too_large"          // 413: body over MaxRequestBytes
 	CodeUnsupportedType ErrorCode = "unsupported_media"  // 415: not application/json
 	CodeShuttingDown    ErrorCode = "shutting_down"      // 503: side-car is stopping

@@ -111,16 +111,22 @@ func (a *api) acquire(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	g, err := a.e.Acquire(r.Context(), sessionKey(r), r.PathValue("name"), req)
+	k, name := sessionKey(r), r.PathValue("name")
+	g, err := a.e.Acquire(r.Context(), k, name, req)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, g)
+	// A grant that cannot be delivered (the client went away as it was written) would be held
+	// by nobody who knows: release it at once (the session is told it was lost).
+	if err := http.NewResponseController(w).Flush(); err != nil {
+		a.e.ReleaseGrant(k, name, g)
+	}
 }
 
 func (a *api) release(w http.ResponseWriter, r *http.Request) {
-	reply(w, a.e.Release(r.Context(), sessionKey(r), r.PathValue("name")))
+	reply(w, a.e.Release(r.Context(), sessionKey(r), r.PathValue("name"), r.URL.Query().Get(wire.QueryToken)))
 }
 
 func (a *api) join(w http.ResponseWriter, r *http.Request) {
@@ -232,7 +238,7 @@ func statusOf(code wire.ErrorCode) int {
 		return http.StatusNotFound
 	case wire.CodeMethod:
 		return http.StatusMethodNotAllowed
-	case wire.CodeNotAcquired, wire.CodeAlreadyHeld, wire.CodeNotHeld:
+	case wire.CodeNotAcquired, wire.CodeAlreadyHeld, wire.CodeNotHeld, wire.CodeForeignLease:
 		return http.StatusConflict
 	case wire.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge

@@ -475,3 +475,32 @@ func TestHTTPUnavailableAndShuttingDown(t *testing.T) {
 		hasCode(wire.CodeShuttingDown)(t, resp, body)
 	})
 }
+
+// TestHTTPReleaseNamesItsToken: a DELETE that names a token other than the hold's changes
+// nothing (409 not_held), so a late or repeated release never ends a later hold; the hold's own
+// token, or none, releases it. The old side-car ignored the query and released whatever hold
+// the session had.
+func TestHTTPReleaseNamesItsToken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHTTPBed(t)
+		s := h.open()
+		g := h.mustAcquire(s.Key(), "job")
+		stale := wire.SessionLockReleasePath(s.ID, "job", "1")
+		resp, body := h.do(t, http.MethodDelete, stale, "", "")
+		if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), string(wire.CodeNotHeld)) {
+			t.Fatalf("DELETE %s of a hold with token %s: got %d %s; want 409 %s", stale, g.Token, resp.StatusCode, body, wire.CodeNotHeld)
+		}
+		settled(t, "lock holds after a release naming another token", func() int { return h.holds(wire.KindLock) }, 1)
+		own := wire.SessionLockReleasePath(s.ID, "job", g.Token)
+		if resp, body := h.do(t, http.MethodDelete, own, "", ""); resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("DELETE %s: got %d %s; want 204", own, resp.StatusCode, body)
+		}
+		settled(t, "lock holds after releasing with the hold's token", func() int { return h.holds(wire.KindLock) }, 0)
+		// A repeat of the same DELETE, after the session took the lock again, ends nothing.
+		g2 := h.mustAcquire(s.Key(), "job")
+		if resp, body := h.do(t, http.MethodDelete, own, "", ""); resp.StatusCode != http.StatusConflict {
+			t.Fatalf("repeated DELETE %s with a new hold (token %s): got %d %s; want 409", own, g2.Token, resp.StatusCode, body)
+		}
+		settled(t, "lock holds after a repeated release", func() int { return h.holds(wire.KindLock) }, 1)
+	})
+}

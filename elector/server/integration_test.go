@@ -696,6 +696,50 @@ func TestIntegrationTokensIncreaseAcrossDeleteAndRestart(t *testing.T) {
 	}
 }
 
+// TestIntegrationForeignLeaseFailsTheAcquire: a Lease of the lock's name that the side-car does
+// not manage (made by something else, or its labels removed by hand) is invisible to its
+// informer. The old side-car's waiters waited for a version that never came; now every acquire
+// fails at once with foreign_lease, naming the Lease and the fix, for a Lease made by someone
+// else and for one of ours whose labels were removed while it was held.
+func TestIntegrationForeignLeaseFailsTheAcquire(t *testing.T) {
+	ns := env.Namespace(t)
+	a := startSidecar(t, ns, "pod-a", fast)
+	leases := env.Clientset.CoordinationV1().Leases(ns)
+	ctx := context.Background()
+
+	made := contract.LeaseName(wire.KindLock, "made-elsewhere")
+	if _, err := leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: made}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating Lease %s: got %v; want nil", made, err)
+	}
+	// Held by a session, then unlabelled by hand.
+	s := a.c.open(time.Minute)
+	g := a.c.mustAcquire(s.ID, "unlabelled")
+	l := getLease(t, ns, g.Lease)
+	delete(l.Labels, contract.LabelManagedBy)
+	if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("removing the labels of Lease %s: got %v; want nil", g.Lease, err)
+	}
+	eventually(t, "the side-car to lose sight of the unlabelled Lease", func() bool {
+		_, known, err := a.e.Observe(wire.KindLock, "unlabelled")
+		return err == nil && !known
+	})
+
+	for _, tc := range []struct {
+		name, lease string
+		req         wire.AcquireRequest
+	}{
+		{"made-elsewhere", made, wire.AcquireRequest{TimeoutMillis: time.Hour.Milliseconds()}},
+		{"made-elsewhere", made, wire.AcquireRequest{Try: true}},
+		{"unlabelled", g.Lease, wire.AcquireRequest{TimeoutMillis: time.Hour.Milliseconds()}},
+	} {
+		other := a.c.open(time.Minute)
+		_, err := a.c.acquire(ctx, other.ID, tc.name, tc.req)
+		if code := wire.CodeOf(err); code != wire.CodeForeignLease || !strings.Contains(err.Error(), tc.lease) {
+			t.Errorf("acquire %q %+v: got %v (%s); want %s naming Lease %s", tc.name, tc.req, err, code, wire.CodeForeignLease, tc.lease)
+		}
+	}
+}
+
 func TestIntegrationNameMapping(t *testing.T) {
 	ns := env.Namespace(t)
 	a := startSidecar(t, ns, "pod-a", fast)

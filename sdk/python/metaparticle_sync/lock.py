@@ -235,14 +235,15 @@ class Lock:
         with self._cond:
             if self._state not in (_HELD, _LOST):
                 raise RuntimeError("release unlocked lock %r" % self.name)
-            was_held, session = self._state == _HELD, self._session
+            was_held, session, grant = self._state == _HELD, self._session, self._grant
             self._state = _RELEASING
         session.forget("lock", self.name)  # given up: its validity no longer matters
         try:
             if was_held and not session.ended:
                 try:
-                    session.request("DELETE", "/v1/sessions/%s/locks/%s" % (session.id, _http.escape_name(self.name)),
-                                    timeout=max(self._ttl, 15.0))
+                    # Naming the token, so that a late DELETE never releases a later hold.
+                    path = "/v1/sessions/%s/locks/%s?token=%s" % (session.id, _http.escape_name(self.name), grant.get("token"))
+                    session.request("DELETE", path, timeout=max(self._ttl, 15.0))
                 except (_http.APIError, _http._Transport, SessionEnded) as e:
                     # Ending the session below releases the lock all the same.
                     log.info("metaparticle_sync: releasing lock %r: %s", self.name, e)
