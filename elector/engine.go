@@ -65,6 +65,9 @@ type Engine struct {
 
 	smu      sync.Mutex // protects sessions
 	sessions map[string]*session
+
+	imu    sync.Mutex        // protects issued; taken last, never while taking another lock
+	issued map[string]uint64 // by Lease name: the highest token this side-car has granted
 }
 
 // NewEngineForConfig returns an Engine for cfg that manages the Leases of cfg.Namespace through
@@ -107,6 +110,7 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 		cancel:       cancel,
 		workerExited: make(chan struct{}, 1),
 		sessionEnded: make(chan struct{}, 1),
+		issued:       map[string]uint64{},
 		names:        map[string]*nameState{},
 		sessions:     map[string]*session{},
 	}
@@ -135,7 +139,7 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 		})
 	if _, err := e.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { e.onLease(obj, false) },
-		UpdateFunc: func(_, obj any) { e.onLease(obj, false) },
+		UpdateFunc: e.onLeaseUpdate,
 		DeleteFunc: func(obj any) { e.onLease(obj, true) },
 	}); err != nil {
 		cancel()
@@ -346,7 +350,48 @@ func (e *Engine) accepting() error {
 }
 
 // onLease feeds an informer event to the name it concerns.
-func (e *Engine) onLease(obj any, deleted bool) {
+func (e *Engine) onLease(obj any, deleted bool) { e.onLeaseEvent(obj, deleted, false) }
+
+// onLeaseUpdate handles the informer's update of a Lease from old to obj. A new version whose
+// resourceVersion is below the old one's cannot happen while the API server's storage only moves
+// forward: it means etcd was restored from a backup (or replaced), and the informer relisted.
+// Every version this side-car knows may be from the future of the restored store, so the name is
+// resynchronised to the version now served, its local hold is lost, and no token at or below one
+// already granted here is granted again (issuedFloor).
+func (e *Engine) onLeaseUpdate(old, obj any) {
+	o, ok1 := old.(*coordinationv1.Lease)
+	l, ok2 := obj.(*coordinationv1.Lease)
+	if ok1 && ok2 {
+		orv, err1 := parseRV(o)
+		nrv, err2 := parseRV(l)
+		if err1 == nil && err2 == nil && nrv < orv {
+			e.m.regressions.Inc()
+			e.log.Error(nil, "a Lease's resourceVersion went backwards: was etcd restored from a backup? Resynchronising the name; its hold here is lost, "+
+				"and no fencing token at or below one already granted by this side-car will be granted (see docs/api.md, Restoring etcd)",
+				"lease", l.Name, "from", o.ResourceVersion, "to", l.ResourceVersion)
+			e.onLeaseEvent(obj, false, true)
+			return
+		}
+	}
+	e.onLeaseEvent(obj, false, false)
+}
+
+// issuedFloor returns the highest token this side-car has granted for lease, 0 if none.
+func (e *Engine) issuedFloor(lease string) uint64 {
+	e.imu.Lock()
+	defer e.imu.Unlock()
+	return e.issued[lease]
+}
+
+// recordIssued notes that token was granted for lease.
+func (e *Engine) recordIssued(lease string, token uint64) {
+	e.imu.Lock()
+	e.issued[lease] = max(e.issued[lease], token)
+	e.imu.Unlock()
+}
+
+// onLeaseEvent applies a Lease event; regressed accepts a version older than the known one.
+func (e *Engine) onLeaseEvent(obj any, deleted, regressed bool) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
@@ -375,7 +420,7 @@ func (e *Engine) onLease(obj any, deleted bool) {
 			n.mu.Unlock()
 			continue
 		}
-		n.observe(l, deleted, e.clock.Now())
+		n.observe(l, deleted, regressed, e.clock.Now())
 		removable := deleted && !n.interested() && !n.running
 		n.mu.Unlock()
 		if removable {

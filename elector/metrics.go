@@ -25,6 +25,7 @@ type metrics struct {
 	renewTime     *prometheus.HistogramVec
 	renewFailures *prometheus.CounterVec
 	losses        *prometheus.CounterVec
+	regressions   prometheus.Counter
 }
 
 // Loss reasons, the values of the "reason" label of losses_total.
@@ -36,6 +37,8 @@ const (
 	lossEdited   = "edited"
 	// lossUndelivered: a grant whose client went away before it could be told of it.
 	lossUndelivered = "undelivered"
+	// lossRegressed: the Lease's resourceVersion went backwards (etcd restored).
+	lossRegressed = "regressed"
 )
 
 func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
@@ -61,9 +64,13 @@ func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 		losses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "losses_total", Help: "Holds lost (not released), by reason.",
 		}, []string{"kind", "reason"}),
+		regressions: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "resource_version_regressions_total",
+			Help: "Lease versions whose resourceVersion went below the one they replaced: the API server's storage was restored from a backup.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.grants, m.waits, m.waitTime, m.renewTime, m.renewFailures, m.losses, &gauges{e: e})
+		reg.MustRegister(m.grants, m.waits, m.waitTime, m.renewTime, m.renewFailures, m.losses, m.regressions, &gauges{e: e})
 	}
 	return m
 }

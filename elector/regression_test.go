@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -201,6 +202,51 @@ func TestShutdownReleasesEachSessionWhenItsStreamIsDone(t *testing.T) {
 		}
 		if h := holderOfStored(b.api, gs.Lease); h != "" {
 			t.Errorf("holder of the lock whose stream is stuck, after the notice period: got %q; want none", h)
+		}
+	})
+}
+
+// TestResourceVersionsGoingBackwards: the informer delivers a Lease version whose
+// resourceVersion is below the cached one (etcd restored from a backup, and the informer
+// relisted). The old engine dropped every such version, so the name froze on the future it
+// remembered. Now the hold is lost at once, the name follows the restored version, and no token
+// at or below one already granted here is granted again: the acquire fails with a clear error.
+func TestResourceVersionsGoingBackwards(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		s := b.open()
+		events := b.events(s.Key())
+		g := b.mustAcquire(s.Key(), "x")
+		granted, err := strconv.ParseUint(g.Token, 10, 64)
+		if err != nil {
+			t.Fatalf("token %q: %v", g.Token, err)
+		}
+		cur := b.api.Get(g.Lease)
+		restored := cur.DeepCopy()
+		restored.ResourceVersion = "5" // older than every version written since
+		restored.Spec.HolderIdentity = nil
+		b.e.onLeaseUpdate(cur, restored) // as the informer's relist delivers it
+
+		ev := next(t, events)
+		if ev.Type != wire.EventLost || ev.Grant == nil || ev.Grant.Token != g.Token {
+			t.Fatalf("event after the versions went back: got %+v; want lost for token %s", ev, g.Token)
+		}
+		if got := metricValue(t, b, "metaparticle_sync_resource_version_regressions_total"); got != 1 {
+			t.Errorf("resource_version_regressions_total: got %v; want 1", got)
+		}
+		if got := metricValue(t, b, "metaparticle_sync_losses_total", "kind", "lock", "reason", lossRegressed); got != 1 {
+			t.Errorf("losses_total{reason=%q}: got %v; want 1", lossRegressed, got)
+		}
+		// The restored version is free, but taking it would grant token 6, not above the
+		// token granted before.
+		other := b.open()
+		_, err = b.e.Acquire(context.Background(), other.Key(), "x", wire.AcquireRequest{Try: true})
+		if codeOf(err) != wire.CodeUnavailable || !strings.Contains(err.Error(), "went backwards") || !strings.Contains(err.Error(), g.Token) {
+			t.Fatalf("acquire after the versions went back below token %d: got %v; want %s saying the versions went backwards", granted, err, wire.CodeUnavailable)
+		}
+		o := <-b.acquire(other.Key(), "x", wire.AcquireRequest{})
+		if codeOf(o.err) != wire.CodeUnavailable {
+			t.Errorf("blocking acquire after the versions went back: got %v; want %s at once, not a wait", o.err, wire.CodeUnavailable)
 		}
 	})
 }

@@ -106,11 +106,23 @@ const maxWatchQueue = 256
 
 // observe takes in an informer event. Only versions newer than the one known are used, so the
 // Engine's own writes, which it learns from their responses, are not undone by late events.
-func (n *nameState) observe(l *coordinationv1.Lease, deleted bool, now time.Time) {
+func (n *nameState) observe(l *coordinationv1.Lease, deleted, regressed bool, now time.Time) {
 	rv, err := parseRV(l)
 	if err != nil {
 		n.e.log.Error(err, "ignoring a Lease", "lease", l.Name)
 		return
+	}
+	if regressed && !deleted {
+		// The store went back in time: forget what came after, and the hold with it.
+		n.rv, n.stale = 0, false
+		if h := n.hold; h != nil {
+			n.learn(l, rv, now)
+			n.lose(h, lossRegressed, "the Lease went back to an older resourceVersion ("+l.ResourceVersion+"): the API server's storage was restored", now)
+			if n.interested() {
+				n.wake()
+			}
+			return
+		}
 	}
 	if deleted {
 		if rv < n.rv {

@@ -57,6 +57,7 @@ type action struct {
 	h        *hold                 // renew, release: the hold
 	base     *coordinationv1.Lease // take, renew, release: a copy of the version it is based on
 	baseRV   uint64                // the resourceVersion known when planning
+	floor    uint64                // create: the highest token granted here before; the new one must exceed it
 	start    time.Time
 	deadline time.Time // the write is abandoned at this time
 }
@@ -70,6 +71,27 @@ type result struct {
 
 // errFatal marks errors that retrying cannot fix.
 var errFatal = errors.New("fatal")
+
+// belowFloor is the error of a grant refused because its token would not exceed one already
+// granted by this side-car.
+func belowFloor(floor, token uint64) error {
+	return fmt.Errorf("%w: %w", errBelowFloor, wire.Errorf(wire.CodeUnavailable, "the API server's resourceVersions went backwards (was etcd restored from a backup?): this grant's token would be %d, "+
+		"but this side-car already granted token %d for the name, and tokens must only grow. The name is refused until its Lease's versions pass %d (see docs/api.md, Restoring etcd)",
+		token, floor, floor))
+}
+
+// errBelowFloor marks belowFloor's errors.
+var errBelowFloor = errors.New("token below the floor")
+
+func isBelowFloor(err error) bool { return errors.Is(err, errBelowFloor) }
+
+// refuseBelow refuses the waiters of n because the next token, next, would not exceed floor.
+func (n *nameState) refuseBelow(floor, next uint64, now time.Time) {
+	err := belowFloor(floor, next)
+	n.retryAt, n.refused = now.Add(n.e.cfg.RetryPeriod), err
+	n.e.log.Error(err, "refusing to grant a token that was granted before", "kind", n.kind, "name", n.name, "lease", n.lease)
+	n.failWaiters(err, "failed")
+}
 
 // foreign checks, after a Create answered AlreadyExists (exists), whether the existing Lease of
 // the name is one the side-car manages. It returns exists if it is (or if it cannot tell), and
@@ -197,9 +219,16 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 			return nil, earliest(wake, n.retryAt)
 		}
 		if n.obj == nil {
-			return &action{op: opCreate, c: c, baseRV: n.rv, start: now, deadline: now.Add(cfg.RenewDeadline)}, time.Time{}
+			return &action{op: opCreate, c: c, baseRV: n.rv, floor: n.e.issuedFloor(n.lease), start: now, deadline: now.Add(cfg.RenewDeadline)}, time.Time{}
 		}
 		if n.free(now, c) {
+			if floor := n.e.issuedFloor(n.lease); n.rv+1 <= floor {
+				n.refuseBelow(floor, n.rv+1, now)
+				if n.kind != wire.KindLock {
+					return nil, earliest(wake, n.retryAt) // candidates stay and try again
+				}
+				continue // every waiter was answered
+			}
 			return &action{op: opTake, c: c, base: n.obj.DeepCopy(), baseRV: n.rv, start: now, deadline: now.Add(cfg.RenewDeadline)}, time.Time{}
 		}
 		if c.try {
@@ -265,6 +294,15 @@ func (n *nameState) do(a *action) result {
 		token, err := parseRV(created)
 		if err != nil {
 			return result{obj: created, err: fmt.Errorf("%w: %v", errFatal, err)}
+		}
+		if token <= a.floor {
+			// The store went back in time (etcd restored): this token was granted before.
+			// Give the Lease back at once rather than grant it again.
+			released, rerr := leases.Update(ctx, releaseLease(created.DeepCopy(), a.start), metav1.UpdateOptions{})
+			if rerr != nil {
+				released = created
+			}
+			return result{obj: released, err: belowFloor(a.floor, token)}
 		}
 		stamped, err := leases.Update(ctx, stampToken(created.DeepCopy(), token), metav1.UpdateOptions{})
 		if err != nil {
@@ -374,6 +412,7 @@ func (n *nameState) granted(a *action, token uint64, now time.Time) {
 	}
 	n.hold = h
 	n.retryAt = time.Time{}
+	n.e.recordIssued(n.lease, token)
 	n.e.m.grants.WithLabelValues(string(n.kind)).Inc()
 	n.e.m.waitTime.WithLabelValues(string(n.kind)).Observe(now.Sub(c.since).Seconds())
 	log := n.e.log.WithValues("kind", n.kind, "name", n.name, "lease", n.lease, "session", c.s.id, "token", h.grant.Token)
@@ -411,7 +450,7 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 	log := n.e.log.WithValues("kind", n.kind, "name", n.name, "lease", n.lease, "session", a.c.s.id)
 	conflict := apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err)
 	switch {
-	case wire.CodeOf(err) == wire.CodeForeignLease:
+	case wire.CodeOf(err) == wire.CodeForeignLease || isBelowFloor(err):
 		// Looked at again when someone asks again, after a retry period.
 		n.retryAt, n.refused = now.Add(n.e.cfg.RetryPeriod), err
 		log.Error(err, "refusing a Lease this side-car does not manage")
@@ -432,7 +471,7 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 		log.Error(err, "writing the Lease failed; retrying", "op", a.op, "retryAt", n.retryAt)
 	}
 	if c := a.c; c.try && !c.answered {
-		if wire.CodeOf(err) == wire.CodeForeignLease {
+		if wire.CodeOf(err) == wire.CodeForeignLease || isBelowFloor(err) {
 			n.answer(c, wire.Grant{}, err, "failed")
 		} else if conflict {
 			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q was taken by someone else first", n.name), "failed")
