@@ -59,9 +59,12 @@ type Engine struct {
 
 	// Lock order: mu, then a nameState's mu, then smu or a session's mu. smu and a session's mu
 	// are never held while taking another lock.
-	mu          sync.Mutex            // protects names and informerErr
-	names       map[string]*nameState // by Lease name
-	informerErr error                 // the informer's last list/watch error, for Ready
+	mu    sync.Mutex            // protects names
+	names map[string]*nameState // by Lease name
+
+	hmu         sync.Mutex // protects informerErr and writeErr; taken last, like imu
+	informerErr error      // the informer's last list/watch error, until an event arrives
+	writeErr    error      // the last failed write's error, until a write succeeds
 
 	smu      sync.Mutex // protects sessions
 	sessions map[string]*session
@@ -146,9 +149,9 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 		return nil, err
 	}
 	if err := e.informer.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
-		e.mu.Lock()
+		e.hmu.Lock()
 		e.informerErr = err
-		e.mu.Unlock()
+		e.hmu.Unlock()
 		cache.DefaultWatchErrorHandler(ctx, r, err)
 	}); err != nil {
 		cancel()
@@ -189,9 +192,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		}
 		return errors.New("the Lease informer did not sync before the side-car stopped")
 	}
-	e.mu.Lock()
-	e.informerErr = nil
-	e.mu.Unlock()
+	e.noteWatch()
 	e.synced.Store(true)
 	e.log.Info("Lease informer synced; serving", "leaseDuration", e.cfg.LeaseDuration,
 		"renewDeadline", e.cfg.RenewDeadline, "renewPeriod", e.cfg.RenewPeriod, "retryPeriod", e.cfg.RetryPeriod)
@@ -297,37 +298,6 @@ func (e *Engine) Halt() {
 	e.cancel()
 }
 
-// Ready reports why the Engine cannot serve, or nil: it needs its informer synced and the API
-// server reachable, which it checks with a one-item List of its Leases (the verb it also needs
-// for the informer, so a missing RBAC grant shows here with a clear message).
-func (e *Engine) Ready(ctx context.Context) error {
-	if e.closing.Load() {
-		return wire.Errorf(wire.CodeShuttingDown, "the side-car is shutting down")
-	}
-	if !e.synced.Load() {
-		if err := e.readyErr(); err != nil {
-			return wire.Errorf(wire.CodeUnavailable, "the Lease informer has not synced: %v", err)
-		}
-		return wire.Errorf(wire.CodeUnavailable, "the Lease informer has not synced yet")
-	}
-	_, err := e.leases.List(ctx, metav1.ListOptions{LabelSelector: contract.LabelManagedBy + "=" + contract.ManagedByValue, Limit: 1})
-	if err != nil {
-		return e.apiErr("list", err)
-	}
-	return nil
-}
-
-// readyErr explains an informer that cannot list or watch.
-func (e *Engine) readyErr() error {
-	e.mu.Lock()
-	err := e.informerErr
-	e.mu.Unlock()
-	if err == nil {
-		return nil
-	}
-	return e.apiErr("list/watch", err)
-}
-
 // apiErr turns an API error into a *wire.Error with advice.
 func (e *Engine) apiErr(verb string, err error) error {
 	if apierrors.IsForbidden(err) {
@@ -392,6 +362,7 @@ func (e *Engine) recordIssued(lease string, token uint64) {
 
 // onLeaseEvent applies a Lease event; regressed accepts a version older than the known one.
 func (e *Engine) onLeaseEvent(obj any, deleted, regressed bool) {
+	e.noteWatch()
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}

@@ -330,6 +330,7 @@ func (n *nameState) do(a *action) result {
 
 // apply records the result of a.
 func (n *nameState) apply(a *action, r result, now time.Time) {
+	n.e.noteWrite(r.err)
 	if r.obj != nil && r.obj.Name != "" {
 		if rv, err := parseRV(r.obj); err == nil && rv > n.rv {
 			n.learn(r.obj, rv, now)

@@ -143,10 +143,13 @@ func sidecarContainer(c Config) corev1.Container {
 			{Name: contract.EnvMode, Value: string(c.Mode)},
 		},
 		Ports: []corev1.ContainerPort{{Name: HealthPortName, ContainerPort: healthPort, Protocol: corev1.ProtocolTCP}},
-		// The startup probe gates the application containers (native mode): they start once the
-		// side-car serves. Readiness also needs the Lease informer synced and the API server
-		// reachable, so a Pod without Lease RBAC starts but is reported not ready.
-		StartupProbe:             probe("/healthz", 1, 60),
+		// No probe makes an API request, so an API server outage never takes the Pod out of its
+		// Services. The startup probe waits for the first sync of the Lease informer and gates
+		// the application containers (native mode): they start once the side-car can answer.
+		// It allows five minutes (an API server that cannot be reached, or a service account
+		// without Lease RBAC, shows in /readyz's answer and the side-car's logs meanwhile).
+		// Readiness then only fails when the side-car stops; liveness when it is wedged.
+		StartupProbe:             probe("/readyz", 1, 300),
 		ReadinessProbe:           probe("/readyz", 5, 2),
 		LivenessProbe:            probe("/healthz", 10, 3),
 		Resources:                *c.Resources.DeepCopy(),

@@ -3,13 +3,16 @@ package server
 import (
 	"context"
 	"io"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/metaparticle-io/sync/elector"
 	"github.com/metaparticle-io/sync/elector/internal/leasefake"
+	"github.com/metaparticle-io/sync/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -77,4 +80,48 @@ func TestHealthEndpoints(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestReadinessDoesNotFollowTheAPIServer: once synced, the side-car stays ready while its
+// writes fail (the API server unreachable); ?verbose shows the trouble, and no probe makes an API
+// request. The old /readyz listed Leases on every probe and failed with the API server.
+func TestReadinessDoesNotFollowTheAPIServer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		srv := newPipeServer(t, NewHealthHandler(b.e, b.reg))
+		get := func(path string) (int, string) {
+			t.Helper()
+			resp, err := srv.Client.Get(srv.URL + path)
+			if err != nil {
+				t.Fatalf("GET %s: got %v; want a response", path, err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(body)
+		}
+		var requests atomic.Int64
+		b.api.Clientset().PrependReactor("*", "*", func(k8stesting.Action) (bool, runtime.Object, error) {
+			requests.Add(1)
+			return true, nil, apierrors.NewServiceUnavailable("the API server is being upgraded")
+		})
+		s := b.open()
+		if _, err := b.e.Acquire(context.Background(), s.Key(), "x", wire.AcquireRequest{Try: true}); wire.CodeOf(err) != wire.CodeUnavailable {
+			t.Fatalf("acquire while the API server fails: got %v; want %s", err, wire.CodeUnavailable)
+		}
+		before := requests.Load()
+		for _, tc := range []struct {
+			path, want string
+		}{
+			{"/readyz", "ok"},
+			{"/readyz?verbose", "[-]api-server (informational): unavailable: the API server did not answer a write"},
+			{"/healthz", "ok"},
+		} {
+			if status, body := get(tc.path); status != http.StatusOK || !strings.Contains(body, tc.want) {
+				t.Errorf("GET %s while the API server fails: got %d %q; want 200 containing %q", tc.path, status, body, tc.want)
+			}
+		}
+		if got := requests.Load() - before; got != 0 {
+			t.Errorf("API requests made by the probes: got %d; want 0", got)
+		}
+	})
 }

@@ -870,7 +870,7 @@ func TestIntegrationRBACRole(t *testing.T) {
 	}
 
 	a := startSidecar(t, ns, "pod-a", fast, asUser("system:serviceaccount:"+ns+":bound"))
-	if err := a.e.Ready(ctx); err != nil {
+	if err := a.e.Ready(); err != nil {
 		t.Errorf("Ready with the Role: got %v; want nil", err)
 	}
 	s := a.c.open(time.Minute)
@@ -905,10 +905,10 @@ func TestIntegrationRBACRole(t *testing.T) {
 	started := make(chan error, 1)
 	go func() { started <- e.Start(sctx) }()
 	eventually(t, "Ready to report the informer's error", func() bool {
-		err := e.Ready(ctx)
+		err := e.Ready()
 		return err != nil && !strings.Contains(err.Error(), "has not synced yet")
 	})
-	err = e.Ready(ctx)
+	err = e.Ready()
 	if wire.CodeOf(err) != wire.CodeUnavailable || !strings.Contains(err.Error(), "deploy/rbac/sidecar-role.yaml") {
 		t.Errorf("Ready without the Role: got %v; want unavailable, pointing at the Role", err)
 	}

@@ -134,7 +134,7 @@ func (b *Bench) reportFootprint(r footprintResult, many int) {
 	b.Report.Add(Metric{ID: "footprint-many-acquire", Section: secFootprint, Name: fmt.Sprintf("time to hold %d locks", many), Unit: "s", Ours: F(r.manyAcquire.Seconds()), Baseline: F(r.baseManyAcquire.Seconds()),
 		Note: "both limited by their client's 50 QPS: ours writes twice per new Lease (create, then the fencing token), client-go gets then creates"})
 	b.Report.Add(Metric{ID: "footprint-startup", Section: secFootprint, Name: fmt.Sprintf("start-up to ready, median of %d", r.startup.N), Unit: "ms", Ours: F(r.startup.P50),
-		Note: "from exec to the first 200 of /readyz (Lease cache synced, API server answering)"})
+		Note: "from exec to the first 200 of /readyz (Lease cache synced)"})
 }
 
 func (b *Bench) reportScale(ours, base scaleResult) {

@@ -1,0 +1,104 @@
+package elector
+
+import (
+	"context"
+	"errors"
+
+	"github.com/metaparticle-io/sync/wire"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+)
+
+// Health, as the kubelet and operators see it. None of it makes an API request: an opted-in
+// Pod's readiness must not follow the API server's, or an API outage (a network cut, APF
+// throttling, an RBAC change, an upgrade) would take every opted-in Pod out of its Services while
+// the applications are healthy. API trouble is reported by APIStatus instead, and shows in the
+// logs, the metrics and the holds that are lost because of it.
+
+// Ready reports why the Engine cannot serve its local API, or nil: it must have synced its Lease
+// informer once and not be shutting down. After the first sync it stays ready through any API
+// server trouble, because the trouble costs holds, not the ability to answer the Pod's
+// processes (which are told of every loss).
+func (e *Engine) Ready() error {
+	if e.closing.Load() {
+		return wire.Errorf(wire.CodeShuttingDown, "the side-car is shutting down")
+	}
+	if !e.synced.Load() {
+		if err := e.readyErr(); err != nil {
+			return wire.Errorf(wire.CodeUnavailable, "the Lease informer has not synced: %v", err)
+		}
+		return wire.Errorf(wire.CodeUnavailable, "the Lease informer has not synced yet")
+	}
+	return nil
+}
+
+// Alive reports whether the Engine's state can still be reached, or an error when its locks
+// cannot be taken before ctx ends (a wedged process) or the Engine has stopped.
+func (e *Engine) Alive(ctx context.Context) error {
+	select {
+	case <-e.ctx.Done():
+		return wire.Errorf(wire.CodeShuttingDown, "the side-car has stopped")
+	default:
+	}
+	done := make(chan struct{})
+	go func() {
+		e.mu.Lock()
+		e.mu.Unlock() //nolint:staticcheck // an empty critical section: only reaching it matters
+		e.smu.Lock()
+		e.smu.Unlock() //nolint:staticcheck // likewise
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return wire.Errorf(wire.CodeInternal, "the side-car's state could not be reached: %v", ctx.Err())
+	}
+}
+
+// APIStatus reports the API server trouble the Engine has seen and not yet seen cured, or nil:
+// the informer's last list or watch failure (cured by the next event it delivers) and the last
+// failed write (cured by the next successful one). It makes no request.
+func (e *Engine) APIStatus() error {
+	e.hmu.Lock()
+	ierr, werr := e.informerErr, e.writeErr
+	e.hmu.Unlock()
+	var errs []error
+	if ierr != nil {
+		errs = append(errs, e.apiErr("list/watch", ierr))
+	}
+	if werr != nil {
+		errs = append(errs, e.apiErr("write", werr))
+	}
+	return errors.Join(errs...)
+}
+
+// readyErr explains an informer that cannot list or watch.
+func (e *Engine) readyErr() error {
+	e.hmu.Lock()
+	err := e.informerErr
+	e.hmu.Unlock()
+	if err == nil {
+		return nil
+	}
+	return e.apiErr("list/watch", err)
+}
+
+// noteWatch records that the informer delivered an event: its list and watch work.
+func (e *Engine) noteWatch() {
+	e.hmu.Lock()
+	e.informerErr = nil
+	e.hmu.Unlock()
+}
+
+// noteWrite records the outcome of a Lease write. Losing a race (conflict, already exists, not
+// found) is the API server answering, not trouble, and neither is a refusal of the Engine's own
+// (a *wire.Error: a foreign Lease, a token below the floor).
+func (e *Engine) noteWrite(err error) {
+	var own *wire.Error
+	if err != nil && (apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err) || errors.As(err, &own)) {
+		return
+	}
+	e.hmu.Lock()
+	e.writeErr = err
+	e.hmu.Unlock()
+}
