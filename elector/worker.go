@@ -83,13 +83,17 @@ func belowFloor(floor, token uint64) error {
 // errBelowFloor marks belowFloor's errors.
 var errBelowFloor = errors.New("token below the floor")
 
-func isBelowFloor(err error) bool { return errors.Is(err, errBelowFloor) }
+// isRefusal reports the errors with which the Engine refuses to grant a name for good (until
+// its Lease changes): a foreign Lease, a token below the floor.
+func isRefusal(err error) bool {
+	return wire.CodeOf(err) == wire.CodeForeignLease || errors.Is(err, errBelowFloor)
+}
 
-// refuseBelow refuses the waiters of n because the next token, next, would not exceed floor.
-func (n *nameState) refuseBelow(floor, next uint64, now time.Time) {
-	err := belowFloor(floor, next)
+// refuse fails the lock waiters of n with err, a refusal, and answers every acquire with it
+// until a retry period has passed or the Lease changes.
+func (n *nameState) refuse(err error, now time.Time) {
 	n.retryAt, n.refused = now.Add(n.e.cfg.RetryPeriod), err
-	n.e.log.Error(err, "refusing to grant a token that was granted before", "kind", n.kind, "name", n.name, "lease", n.lease)
+	n.e.log.Error(err, "refusing to grant", "kind", n.kind, "name", n.name, "lease", n.lease)
 	n.failWaiters(err, "failed")
 }
 
@@ -223,7 +227,7 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 		}
 		if n.free(now, c) {
 			if floor := n.e.issuedFloor(n.lease); n.rv+1 <= floor {
-				n.refuseBelow(floor, n.rv+1, now)
+				n.refuse(belowFloor(floor, n.rv+1), now)
 				if n.kind != wire.KindLock {
 					return nil, earliest(wake, n.retryAt) // candidates stay and try again
 				}
@@ -451,11 +455,8 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 	log := n.e.log.WithValues("kind", n.kind, "name", n.name, "lease", n.lease, "session", a.c.s.id)
 	conflict := apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err)
 	switch {
-	case wire.CodeOf(err) == wire.CodeForeignLease || isBelowFloor(err):
-		// Looked at again when someone asks again, after a retry period.
-		n.retryAt, n.refused = now.Add(n.e.cfg.RetryPeriod), err
-		log.Error(err, "refusing a Lease this side-car does not manage")
-		n.failWaiters(err, "failed")
+	case isRefusal(err):
+		n.refuse(err, now)
 	case conflict:
 		log.V(1).Info("lost a race for the Lease; waiting for the winner's version", "op", a.op)
 	case apierrors.IsForbidden(err):
@@ -472,7 +473,7 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 		log.Error(err, "writing the Lease failed; retrying", "op", a.op, "retryAt", n.retryAt)
 	}
 	if c := a.c; c.try && !c.answered {
-		if wire.CodeOf(err) == wire.CodeForeignLease || isBelowFloor(err) {
+		if isRefusal(err) {
 			n.answer(c, wire.Grant{}, err, "failed")
 		} else if conflict {
 			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q was taken by someone else first", n.name), "failed")
