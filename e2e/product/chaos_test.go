@@ -2,6 +2,7 @@ package product
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"github.com/metaparticle-io/sync/e2e/product/internal/chaos"
 	"github.com/metaparticle-io/sync/internal/localcluster"
 	"github.com/metaparticle-io/sync/webhook"
+	"github.com/metaparticle-io/sync/wire"
 )
 
 // The chaos run's lock timing, set on its Pods through the injector's annotations: short, so that
@@ -39,6 +41,10 @@ const (
 	// chaosCut is how long a Pod stays cut off from the API server: longer than the lease
 	// duration, so that another Pod must take over while it is cut off.
 	chaosCut = chaosLeaseDuration + 3*time.Second
+	// chaosPause is how long a side-car stays stopped (SIGSTOP, then SIGCONT), for the same
+	// reason: longer than the lease duration, so that another Pod takes over while it is stopped
+	// and its application must have been told by its SDK's own clock of the hold's validity.
+	chaosPause = chaosLeaseDuration + 3*time.Second
 	// chaosMaxRestarts keeps a container out of the kubelet's long crash-loop back-off: one that
 	// restarted this often is not killed again while another can be.
 	chaosMaxRestarts = 2
@@ -48,20 +54,30 @@ const (
 
 // Fault kinds of the chaos run, as CHAOS_FAULTS names them.
 const (
-	faultKillApp      = chaos.FaultKillApp
-	faultKillSidecar  = chaos.FaultKillSidecar
-	faultRestartAPI   = chaos.FaultRestartAPI
-	faultCutOff       = chaos.FaultCutOff
-	defaultChaosCount = 1000
+	faultKillApp        = chaos.FaultKillApp
+	faultKillSidecar    = chaos.FaultKillSidecar
+	faultRestartAPI     = chaos.FaultRestartAPI
+	faultCutOff         = chaos.FaultCutOff
+	faultPauseSidecar   = chaos.FaultPauseSidecar
+	faultForeignRelease = chaos.FaultForeignRelease
+	defaultChaosCount   = 1000
 )
 
-var allFaultKinds = []string{faultKillApp, faultKillSidecar, faultRestartAPI, faultCutOff}
+var allFaultKinds = []string{faultKillApp, faultKillSidecar, faultRestartAPI, faultCutOff, faultPauseSidecar, faultForeignRelease}
+
+// defaultFaultKinds are the kinds a run without CHAOS_FAULTS injects. pause-sidecar and
+// foreign-release are not among them yet: they have not been through a run on the cluster.
+var defaultFaultKinds = []string{faultKillApp, faultKillSidecar, faultRestartAPI, faultCutOff}
 
 // Scenario 3: the chaos safety run. Five contender Pods (./e2e/product/cmd/chaos) loop acquire ->
 // announce and write to a shared fenced register with their token -> release, while faults are
 // injected one at a time: SIGKILL of an app container, SIGKILL of a side-car, a crash and restart
-// of the API server, and a Pod cut off from the API server by iptables in its network namespace;
-// faults aimed at a Pod aim at the holder. The register (package chaos) refuses stale tokens and
+// of the API server, a Pod cut off from the API server by iptables in its network namespace, a
+// side-car paused (SIGSTOP) for longer than the lease duration and then resumed, and a foreign
+// release: a process exec'd in the app container beside the application reads the holder
+// identity from the side-car and DELETEs the hold for that session without its secret and with a
+// wrong one, which must be refused (401) and change nothing; faults aimed at a Pod aim at the
+// holder. The register (package chaos) refuses stale tokens and
 // finds every overlap of the holds as the applications claimed them (their claims are sampled
 // every 20 ms or so: a shorter overlap between two claims would go unseen).
 //
@@ -73,7 +89,8 @@ var allFaultKinds = []string{faultKillApp, faultKillSidecar, faultRestartAPI, fa
 // violation; the history, its rendering and porcupine's are kept as artifacts (see artifactDir),
 // whatever the outcome. It stops by itself once CHAOS_GRANTS holds (default 1000) were announced,
 // every kind of fault was injected and each kind aimed at a Pod hit a holder at least once;
-// CHAOS_FAULTS=kill-app,kill-sidecar,restart-apiserver,cut-off (the default) chooses the kinds.
+// CHAOS_FAULTS chooses the kinds among kill-app,kill-sidecar,restart-apiserver,cut-off (the
+// default) and pause-sidecar,foreign-release (not yet run on the cluster, so opt-in).
 func TestChaosSafety(t *testing.T) {
 	localcluster.Require(t, cluster)
 	target := defaultChaosCount
@@ -84,7 +101,7 @@ func TestChaosSafety(t *testing.T) {
 		}
 		target = n
 	}
-	faultKinds := allFaultKinds
+	faultKinds := defaultFaultKinds
 	if s := os.Getenv("CHAOS_FAULTS"); s != "" {
 		faultKinds = slices.Compact(slices.Sorted(slices.Values(strings.Split(s, ","))))
 		for _, k := range faultKinds {
@@ -124,7 +141,7 @@ func TestChaosSafety(t *testing.T) {
 	}
 	f := &faulter{t: t, ns: ns, reg: reg}
 	// The history is checked and kept at the end; if the test stops before, this cleanup keeps
-	// it, after the cuts are healed (cleanups run last registered first).
+	// it, after the lasting faults are healed (cleanups run last registered first).
 	saved := false
 	t.Cleanup(func() {
 		if !saved {
@@ -175,6 +192,9 @@ func TestChaosSafety(t *testing.T) {
 		}
 		faults[kind]++
 		f.record(ft.fault)
+		if ft.failure != "" {
+			t.Errorf("fault %d: %s: %s", total(faults), ft.desc, ft.failure)
+		}
 		ok := waitGrant(ctx, reg, ft.from, chaosLeaseDuration+chaosMargin)
 		_, next := reg.Granted()
 		f.healAll()
@@ -250,6 +270,8 @@ func TestChaosSafety(t *testing.T) {
 	saveHistory(t, h, v)
 	_, restarts := leases.snapshot()
 	t.Logf("history check: %s; the Lease watch restarted %d times", v.Summary(), restarts)
+	t.Logf("history check, %s: %s; %d violations of it", chaos.CheckToldBeforeGranted, v.ToldBeforeGrantedSummary(), len(violations(v, chaos.CheckToldBeforeGranted)))
+	t.Logf("history check, %s: %s; %d violations of it", chaos.CheckForeignRefused, v.ForeignSummary(), len(violations(v, chaos.CheckForeignRefused)))
 	for _, viol := range v.Violations {
 		t.Errorf("history check %s", viol)
 	}
@@ -270,6 +292,17 @@ func saveHistory(t *testing.T, h *chaos.History, v *chaos.Verdict) {
 	}
 	t.Logf("chaos run history (%d operations, %d faults, %d Lease changes): %s; rendered: %s; porcupine's view (%s): %s",
 		len(h.Ops), len(h.Faults), len(h.Leases), paths[0], paths[1], drawn, paths[2])
+}
+
+// violations returns v's violations of one check.
+func violations(v *chaos.Verdict, check string) []chaos.Violation {
+	var out []chaos.Violation
+	for _, viol := range v.Violations {
+		if viol.Check == check {
+			out = append(out, viol)
+		}
+	}
+	return out
 }
 
 func total(m map[string]int) (n int) {
@@ -321,8 +354,9 @@ type faulter struct {
 	ns  string
 	reg *chaos.Register
 
-	mu     sync.Mutex // guards cuts and faults
-	cuts   []func() error
+	mu sync.Mutex // guards heals and faults
+	// heals end the faults that last (cut-offs, paused side-cars), each no sooner than due.
+	heals  []func() error
 	faults []*chaos.Fault // for the history
 }
 
@@ -362,8 +396,12 @@ type injected struct {
 	// retire says that the Pod's container has now restarted chaosMaxRestarts times: the Pod is
 	// to be replaced before the kubelet's back-off keeps it out of the run.
 	retire bool
-	// fault is its record for the history; a cut-off's End is set when it is healed.
+	// fault is its record for the history; a cut-off's or a pause's End is set when it is
+	// healed.
 	fault *chaos.Fault
+	// failure says what the fault found wrong with the product (a foreign release that was not
+	// refused); empty when nothing.
+	failure string
 }
 
 // inject injects one fault of kind. A fault aimed at a container that stopped meanwhile (Pod
@@ -385,7 +423,7 @@ func (f *faulter) inject(ctx context.Context, kind string) (injected, error) {
 
 func (f *faulter) injectPod(ctx context.Context, kind string) (injected, error) {
 	container := chaosApp
-	if kind != faultKillApp {
+	if kind != faultKillApp && kind != faultForeignRelease {
 		container = webhook.SidecarName
 	}
 	cands, err := f.candidates(ctx, container)
@@ -423,8 +461,7 @@ func (f *faulter) injectPod(ctx context.Context, kind string) (injected, error) 
 		nets[i] = nil // the cut keeps it open until healed
 		desc := fmt.Sprintf("cutting %s off from the API server for %s", cands[i].pod, chaosCut)
 		fl := &chaos.Fault{Kind: faultCutOff, Pod: cands[i].pod, Start: at.UTC(), Desc: desc}
-		f.mu.Lock()
-		f.cuts = append(f.cuts, func() error {
+		f.addHeal(func() error {
 			time.Sleep(time.Until(at.Add(chaosCut)))
 			err := cut.heal()
 			f.mu.Lock()
@@ -432,8 +469,13 @@ func (f *faulter) injectPod(ctx context.Context, kind string) (injected, error) 
 			f.mu.Unlock()
 			return err
 		})
-		f.mu.Unlock()
 		return injected{desc: desc, pod: cands[i].pod, at: at, from: at, fault: fl}, nil
+	}
+	if kind == faultPauseSidecar {
+		return f.pauseSidecar(ctx, cands[f.pick(cands)])
+	}
+	if kind == faultForeignRelease {
+		return f.foreignRelease(ctx, cands)
 	}
 	c := cands[f.pick(cands)]
 	at := time.Now()
@@ -462,17 +504,105 @@ func restartAPIServer(ctx context.Context) (injected, error) {
 	return injected{desc: desc, at: at, from: ready, fault: &chaos.Fault{Kind: faultRestartAPI, Start: at.UTC(), End: ready.UTC(), Desc: desc}}, nil
 }
 
-// healAll ends every cut, each no sooner than chaosCut after it began.
+// addHeal adds the end of a lasting fault for healAll.
+func (f *faulter) addHeal(heal func() error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.heals = append(f.heals, heal)
+}
+
+// healAll ends every lasting fault: each cut no sooner than chaosCut after it began, each paused
+// side-car no sooner than chaosPause after it was stopped.
 func (f *faulter) healAll() {
 	f.mu.Lock()
-	cuts := f.cuts
-	f.cuts = nil
+	heals := f.heals
+	f.heals = nil
 	f.mu.Unlock()
-	for _, heal := range cuts {
+	for _, heal := range heals {
 		if err := heal(); err != nil {
-			f.t.Errorf("healing a cut: %v", err)
+			f.t.Errorf("healing a fault: %v", err)
 		}
 	}
+}
+
+// pauseSidecar stops c's side-car with SIGSTOP, as a descheduled or frozen process would be; the
+// side-car is resumed with SIGCONT chaosPause later, by healAll. Its application keeps running:
+// its SDK must tell it the hold is lost, by its own clock of the hold's validity, before another
+// Pod's side-car takes the Lease over.
+func (f *faulter) pauseSidecar(ctx context.Context, c candidate) (injected, error) {
+	at := time.Now()
+	if err := signal(ctx, c.id, "SIGSTOP"); err != nil {
+		return injected{}, fmt.Errorf("pausing %s's %s: %w", c.pod, webhook.SidecarName, err)
+	}
+	desc := fmt.Sprintf("SIGSTOP of %s's %s, SIGCONT %s later", c.pod, webhook.SidecarName, chaosPause)
+	fl := &chaos.Fault{Kind: faultPauseSidecar, Pod: c.pod, Start: at.UTC(), Desc: desc}
+	f.addHeal(func() error {
+		time.Sleep(time.Until(at.Add(chaosPause)))
+		// Resumed even when the run's context has ended.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err := signal(ctx, c.id, "SIGCONT")
+		f.mu.Lock()
+		fl.End = time.Now().UTC()
+		f.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("resuming %s's %s: %w", c.pod, webhook.SidecarName, err)
+		}
+		return nil
+	})
+	return injected{desc: desc, pod: c.pod, at: at, from: at, fault: fl}, nil
+}
+
+// foreignRelease execs `chaos -foreign-release` in the holder's application container (cands
+// are the Pods whose application runs): a process of the Pod other than its application reads
+// the lock's holder from its side-car and asks it to release the hold for the holder's session,
+// without the secret and with a wrong one (chaos.AttemptForeignRelease). When the side-car names
+// another Pod's session (the holder changed meanwhile), it goes there, up to three times. Both
+// answers must be 401: failure says otherwise.
+func (f *faulter) foreignRelease(ctx context.Context, cands []candidate) (injected, error) {
+	byPod := map[string]candidate{}
+	for _, c := range cands {
+		byPod[c.pod] = c
+	}
+	c := cands[f.pick(cands)]
+	var fr chaos.ForeignRelease
+	for hop := 0; ; hop++ {
+		out, err := cluster.Ctr(ctx, "task", "exec", "--exec-id", fmt.Sprintf("foreign-release-%d", time.Now().UnixNano()), c.id, "/"+chaosApp, "-foreign-release")
+		if err != nil {
+			return injected{}, fmt.Errorf("foreign release in %s: %w", c.pod, err)
+		}
+		fr = chaos.ForeignRelease{}
+		if err := json.Unmarshal([]byte(out), &fr); err != nil {
+			return injected{}, fmt.Errorf("foreign release in %s: %w: %q", c.pod, err, out)
+		}
+		if len(fr.Attempts) > 0 {
+			break
+		}
+		next, ok := byPod[fr.HolderPod()]
+		if !ok || hop == 2 {
+			return injected{}, fmt.Errorf("foreign release in %s: the side-car shows the holder %q, not a session of this Pod or of another one whose application runs", c.pod, fr.Holder)
+		}
+		c = next
+	}
+	var answers []string
+	gone := 0
+	for _, a := range fr.Attempts {
+		answers = append(answers, fmt.Sprintf("%s: %d %s", a.Authorization, a.Status, a.Code))
+		if a.Code == string(wire.CodeNoSession) {
+			gone++
+		}
+	}
+	if gone == len(fr.Attempts) {
+		// The session ended between the GET and the DELETEs: aim again.
+		return injected{}, fmt.Errorf("foreign release in %s: session %s ended meanwhile (%s)", c.pod, fr.Session(), strings.Join(answers, ", "))
+	}
+	desc := fmt.Sprintf("foreign release in %s of session %s's hold (token %d), DELETE with authorization %s", c.pod, fr.Session(), fr.Token, strings.Join(answers, ", authorization "))
+	fl := fr.Fault(desc)
+	ft := injected{desc: desc, pod: c.pod, at: fr.At, from: fr.End, fault: &fl}
+	if !fr.Refused() {
+		ft.failure = fmt.Sprintf("got %s; want 401 %s to both: a process of the Pod that does not have the session's secret must not end its hold", strings.Join(answers, ", "), wire.CodeUnauthorized)
+	}
+	return ft, nil
 }
 
 // candidate is a Pod whose container runs.

@@ -274,8 +274,11 @@ func runningContainer(p *corev1.Pod, name string) (id string, restarts int32) {
 
 // sigkill kills a container's first process with SIGKILL, as a crash would; the kubelet
 // restarts the container.
-func sigkill(ctx context.Context, id string) error {
-	_, err := cluster.Ctr(ctx, "task", "kill", "--signal", "SIGKILL", id)
+func sigkill(ctx context.Context, id string) error { return signal(ctx, id, "SIGKILL") }
+
+// signal sends a container's first process the signal sig ("SIGSTOP") through containerd.
+func signal(ctx context.Context, id, sig string) error {
+	_, err := cluster.Ctr(ctx, "task", "kill", "--signal", sig, id)
 	return err
 }
 

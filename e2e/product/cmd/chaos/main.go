@@ -8,20 +8,29 @@
 // With -late-every n, the last write of every n-th hold is sent late, after the release, as a
 // write delayed in the network would arrive: the register must refuse it once another hold began.
 //
+// With -foreign-release it is instead the chaos run's foreign-release fault, exec'd by the test in
+// a contender's application container beside the application: a misbehaving process of the Pod
+// that reads the lock's holder from the side-car ($METAPARTICLE_SYNC_ADDR) and, when the holder is
+// a session of this Pod, asks to release the lock for that session without its secret and with a
+// wrong one (chaos.AttemptForeignRelease). It prints what it saw as one JSON line and exits.
+//
 // For the run's history (chaos.History) the messages also carry when Acquire was called, each
 // write's index, and when a lost hold's Lost channel closed; after each release of an announced
 // hold, a Release message says when Release was called, when it returned and with what result.
 //
 //	chaos -register http://10.217.0.1:40000 [-name chaos] [-writes 3] [-pause 5ms] [-late-every 0] [-late-by 300ms]
+//	chaos -foreign-release [-name chaos]
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -29,6 +38,7 @@ import (
 
 	"github.com/metaparticle-io/sync/e2e/product/internal/chaos"
 	"github.com/metaparticle-io/sync/sdk"
+	"github.com/metaparticle-io/sync/wire"
 )
 
 func main() {
@@ -38,7 +48,11 @@ func main() {
 	pause := flag.Duration("pause", 5*time.Millisecond, "pause before each write and, at random up to it, before each acquire")
 	lateEvery := flag.Int("late-every", 0, "send the last write of every n-th hold late: stamped while holding, sent after the release (0: never)")
 	lateBy := flag.Duration("late-by", 300*time.Millisecond, "how long after the release a late write is sent")
+	foreign := flag.Bool("foreign-release", false, "be a foreign process of this Pod: try to release the lock's hold for its holder's session without the secret, print what happened as JSON, exit")
 	flag.Parse()
+	if *foreign {
+		os.Exit(foreignRelease(*name))
+	}
 	if *url == "" {
 		fmt.Fprintln(os.Stderr, "chaos: -register is required")
 		os.Exit(2)
@@ -227,3 +241,29 @@ func jitter(d time.Duration) time.Duration {
 }
 
 func randomID() string { return fmt.Sprintf("%08x", rand.Uint32()) }
+
+// foreignRelease runs chaos.AttemptForeignRelease against this Pod's side-car and prints the result
+// as one JSON line; it returns the exit status.
+func foreignRelease(name string) int {
+	pod, err := os.Hostname()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "chaos: %v\n", err)
+		return 1
+	}
+	addr := os.Getenv(wire.EnvAddress)
+	if addr == "" {
+		addr = wire.DefaultAddress
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	f, err := chaos.AttemptForeignRelease(ctx, &http.Client{}, "http://"+addr, pod, name)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "chaos: foreign release: %v\n", err)
+		return 1
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(f); err != nil {
+		fmt.Fprintf(os.Stderr, "chaos: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -27,10 +27,16 @@ const (
 	// does not intersect another hold's.
 	CheckOverlap = "no-overlap"
 	// CheckToldBeforeGranted: every hold followed by another grant had, by the moment that
-	// grant was seen, been told lost, released, or its application killed.
+	// grant was seen, been told lost, released, or its application killed. The grants are the
+	// announced ones and those seen only on the Lease (never announced: see
+	// [Verdict.GrantsLeaseOnly]); a hold is held to the earliest grant after it.
 	CheckToldBeforeGranted = "told-before-granted"
 	// CheckTokenOrder: each grant's token is higher than every earlier grant's.
 	CheckTokenOrder = "token-order"
+	// CheckForeignRefused: every foreign release ([FaultForeignRelease]) was answered 401 to
+	// both its DELETEs, and the hold it aimed at was not lost, unless another fault could have
+	// ended it.
+	CheckForeignRefused = "foreign-release-refused"
 )
 
 // A Violation is one failed check. Msg reads "got X; want Y" and names the operations involved
@@ -70,13 +76,33 @@ type Verdict struct {
 	HandoffsReleased         int // the previous hold's application called Release
 	HandoffsEndedUnreleased  int // its End arrived but no Release was recorded
 	HandoffsKilled           int // its application was sent SIGKILL
-	Violations               []Violation
-	porcupineInfo            porcupine.LinearizationInfo
-	porcupineFaults          []porcupine.Annotation
-	segmentsOK               []bool
-	segmentsOps              [][]porcupine.Operation
-	violatingOps             map[int]bool
-	violatingHolds           map[string]bool
+	// GrantsLeaseOnly counts the grants seen on the Lease (a new holder identity or token) whose
+	// token no hold announced: lost before the application announced them, or its application
+	// killed first. They are checked as grants too: the hold before them must have been told
+	// lost, released or killed by the time the test saw them.
+	GrantsLeaseOnly int
+	// HandoffsToLeaseOnly counts the handoffs whose earliest next grant was one seen only on
+	// the Lease.
+	HandoffsToLeaseOnly int
+	// ToldMargins are, for every handoff settled by a loss (HandoffsLost), how long before the
+	// next grant the hold was told (or gave it up), in grant order.
+	ToldMargins []time.Duration
+	// HandoffsAfterFault counts, by fault kind, the handoffs whose previous hold's Pod was hit
+	// by a fault between that hold's grant and the next grant; ToldMarginsAfterFault are the
+	// margins of those settled by a loss.
+	HandoffsAfterFault    map[string]int
+	ToldMarginsAfterFault map[string][]time.Duration
+	// ForeignReleases counts the foreign releases that sent their DELETEs, ForeignRefused those
+	// answered 401 twice; ForeignHoldsKept counts the holds they aimed at that ended without a
+	// loss (a hold the history does not have is not counted).
+	ForeignReleases, ForeignRefused, ForeignHoldsKept int
+	Violations                                        []Violation
+	porcupineInfo                                     porcupine.LinearizationInfo
+	porcupineFaults                                   []porcupine.Annotation
+	segmentsOK                                        []bool
+	segmentsOps                                       [][]porcupine.Operation
+	violatingOps                                      map[int]bool
+	violatingHolds                                    map[string]bool
 }
 
 // Failed reports whether any check failed.
@@ -87,13 +113,60 @@ func (v *Verdict) Summary() string {
 	return fmt.Sprintf("%d operations of %d holds: %d grants (%d rejected), %d writes (%d rejected; %d late, %d of them rejected), "+
 		"ends %s, %d releases; faults %s (%d on a holder); sessions known for %d holds from %d Lease changes; "+
 		"%s: %s over %d grants and writes in %d segment(s) (%s); %s: %d holds with accepted operations; "+
-		"%s: %d handoffs (told lost %d, released %d, ended with no Release recorded %d, killed %d); %s: %d grants; %d violations",
+		"%s: %s; %s: %d grants; %s: %s; %d violations",
 		v.Ops, v.Holds, v.Grants, v.GrantsRejected, v.Writes, v.WritesRejected, v.LateWrites, v.LateRejected,
 		countsString(v.Ends), v.Releases, countsString(v.Faults), v.FaultsOnHolder, v.Sessions, v.LeaseChanges,
 		CheckLinearizable, v.Linearizable, v.RegisterOps, v.Segments, v.LinearizableTime.Round(time.Millisecond),
 		CheckOverlap, v.HoldsWithAcceptedOps,
-		CheckToldBeforeGranted, v.Handoffs, v.HandoffsLost, v.HandoffsReleased, v.HandoffsEndedUnreleased, v.HandoffsKilled,
-		CheckTokenOrder, v.Grants, len(v.Violations))
+		CheckToldBeforeGranted, v.ToldBeforeGrantedSummary(), CheckTokenOrder, v.Grants,
+		CheckForeignRefused, v.ForeignSummary(), len(v.Violations))
+}
+
+// ToldBeforeGrantedSummary says what the told-before-granted check covered: the grants checked,
+// how each handoff was settled, the margins of those settled by a loss, and the handoffs after a
+// fault on the previous holder's Pod, by kind.
+func (v *Verdict) ToldBeforeGrantedSummary() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d handoffs checked, %d grants after the first (%d of them seen only on the Lease, earliest next grant of %d handoffs): "+
+		"told lost %d (%s), released %d, ended with no Release recorded %d, killed %d",
+		v.Handoffs, v.Handoffs+v.GrantsLeaseOnly, v.GrantsLeaseOnly, v.HandoffsToLeaseOnly,
+		v.HandoffsLost, marginsString(v.ToldMargins), v.HandoffsReleased, v.HandoffsEndedUnreleased, v.HandoffsKilled)
+	if len(v.HandoffsAfterFault) > 0 {
+		var parts []string
+		for _, k := range slices.Sorted(maps.Keys(v.HandoffsAfterFault)) {
+			p := fmt.Sprintf("%s %d", k, v.HandoffsAfterFault[k])
+			if m := v.ToldMarginsAfterFault[k]; len(m) > 0 {
+				p += fmt.Sprintf(" (%d told lost, %s)", len(m), marginsString(m))
+			}
+			parts = append(parts, p)
+		}
+		fmt.Fprintf(&b, "; after a fault on the previous holder's Pod: %s", strings.Join(parts, ", "))
+	}
+	return b.String()
+}
+
+// ForeignSummary says what the foreign-release check found.
+func (v *Verdict) ForeignSummary() string {
+	return fmt.Sprintf("%d foreign releases sent, %d refused with 401 twice, %d holds aimed at kept", v.ForeignReleases, v.ForeignRefused, v.ForeignHoldsKept)
+}
+
+// marginsString is "told-before margin min 1.2s, median 1.5s", or "no margins".
+func marginsString(m []time.Duration) string {
+	if len(m) == 0 {
+		return "no margins"
+	}
+	lo, med := Margins(m)
+	return fmt.Sprintf("told-before margin min %s, median %s", lo.Round(time.Millisecond), med.Round(time.Millisecond))
+}
+
+// Margins returns the least and the median of m (the lower median of an even count); zeros
+// for none.
+func Margins(m []time.Duration) (least, median time.Duration) {
+	if len(m) == 0 {
+		return 0, 0
+	}
+	s := slices.Sorted(slices.Values(m))
+	return s[0], s[(len(s)-1)/2]
 }
 
 func countsString(m map[string]int) string {
@@ -133,6 +206,7 @@ func (h *holdOps) belief() time.Time {
 // for how. The history's operations are not modified.
 func Check(h *History, opts CheckOptions) *Verdict {
 	v := &Verdict{Ends: map[string]int{}, Faults: map[string]int{}, Ops: len(h.Ops), LeaseChanges: len(h.Leases),
+		HandoffsAfterFault: map[string]int{}, ToldMarginsAfterFault: map[string][]time.Duration{},
 		violatingOps: map[int]bool{}, violatingHolds: map[string]bool{}}
 	holds, order := v.checkWellFormed(h)
 	for _, f := range h.Faults {
@@ -154,6 +228,7 @@ func Check(h *History, opts CheckOptions) *Verdict {
 	})
 	v.checkToldBeforeGranted(h, grants)
 	v.checkTokenOrder(grants)
+	v.checkForeignRefused(h, holds, order)
 	for _, viol := range v.Violations {
 		for _, id := range viol.Ops {
 			v.violatingOps[id] = true
@@ -353,7 +428,9 @@ func (v *Verdict) checkOverlap(holds map[string]*holdOps, order []string) {
 }
 
 // checkToldBeforeGranted checks every handoff: each hold followed by a grant was told lost,
-// released or killed by the time that grant was seen. grants are sorted by grant time.
+// released or killed by the time of the earliest grant after it: the next announced grant (grants
+// are sorted by grant time) or a grant seen only on the Lease with a token between theirs,
+// whichever came first.
 func (v *Verdict) checkToldBeforeGranted(h *History, grants []*holdOps) {
 	kills := map[string][]Fault{}
 	for _, f := range h.Faults {
@@ -361,10 +438,56 @@ func (v *Verdict) checkToldBeforeGranted(h *History, grants []*holdOps) {
 			kills[f.Pod] = append(kills[f.Pod], f)
 		}
 	}
-	for i := 0; i+1 < len(grants); i++ {
-		prev, next := grants[i], grants[i+1]
-		due := next.grant.Start
+	leaseOnly := leaseOnlyGrants(h, grants)
+	if len(grants) > 0 {
+		least := grants[0].token
+		for _, g := range grants {
+			least = min(least, g.token)
+		}
+		for _, c := range leaseOnly {
+			if c.Token > least {
+				v.GrantsLeaseOnly++
+			}
+		}
+	}
+	for i, prev := range grants {
+		var (
+			due      time.Time
+			nextDesc string
+			nextOp   *Op
+		)
+		bound, unbounded := uint64(0), i+1 == len(grants)
+		if !unbounded {
+			next := grants[i+1]
+			due, nextOp = next.grant.Start, next.grant
+			nextDesc = fmt.Sprintf("hold %s (grant #%d at %s)", next.id, next.grant.ID, clock(due))
+			bound = max(next.token, prev.token)
+		}
+		// Grants seen only on the Lease between prev's token and the next's.
+		k, _ := slices.BinarySearchFunc(leaseOnly, prev.token+1, func(c LeaseChange, t uint64) int { return cmp.Compare(c.Token, t) })
+		toLeaseOnly := false
+		for ; k < len(leaseOnly) && (unbounded || leaseOnly[k].Token < bound); k++ {
+			c := leaseOnly[k]
+			if due.IsZero() || c.Seen.Before(due) {
+				due, nextOp, toLeaseOnly = c.Seen, nil, true
+				nextDesc = fmt.Sprintf("a grant seen only on the Lease %s (holder %s, token %d, seen at %s)", c.Lease, c.Holder, c.Token, clock(c.Seen))
+			}
+		}
+		if due.IsZero() {
+			continue // no grant after it
+		}
 		v.Handoffs++
+		if toLeaseOnly {
+			v.HandoffsToLeaseOnly++
+		}
+		// The faults on prev's Pod while it held, up to the next grant.
+		var hit []string
+		for _, f := range h.Faults {
+			if f.Pod == prev.pod && f.Pod != "" && !f.Start.After(due) && !later(f.End, f.Start).Before(prev.grant.Start) && !slices.Contains(hit, f.Kind) {
+				hit = append(hit, f.Kind)
+				v.HandoffsAfterFault[f.Kind]++
+			}
+		}
 		var evidence []string
 		if e := prev.end; e != nil && e.Result == ResultLost {
 			told, how := e.Told, "told lost at"
@@ -373,6 +496,10 @@ func (v *Verdict) checkToldBeforeGranted(h *History, grants []*holdOps) {
 			}
 			if !told.After(due) {
 				v.HandoffsLost++
+				v.ToldMargins = append(v.ToldMargins, due.Sub(told))
+				for _, k := range hit {
+					v.ToldMarginsAfterFault[k] = append(v.ToldMarginsAfterFault[k], due.Sub(told))
+				}
 				continue
 			}
 			evidence = append(evidence, fmt.Sprintf("%s %s (%s)", how, clock(told), describe(e)))
@@ -406,15 +533,102 @@ func (v *Verdict) checkToldBeforeGranted(h *History, grants []*holdOps) {
 		if len(evidence) == 0 {
 			evidence = append(evidence, "no end, no release and no kill-app fault on its Pod recorded")
 		}
-		ops := []*Op{prev.grant, next.grant}
-		for _, op := range []*Op{prev.end, prev.release} {
+		ops := []*Op{prev.grant}
+		for _, op := range []*Op{nextOp, prev.end, prev.release} {
 			if op != nil {
 				ops = append(ops, op)
 			}
 		}
 		v.fail(CheckToldBeforeGranted, ops,
-			"handoff from hold %s (grant #%d) to hold %s (grant #%d at %s): got hold %s %s; want it told lost, released or killed by %s",
-			prev.id, prev.grant.ID, next.id, next.grant.ID, clock(due), prev.id, strings.Join(evidence, "; "), clock(due))
+			"handoff from hold %s (grant #%d) to %s: got hold %s %s; want it told lost, released or killed by %s",
+			prev.id, prev.grant.ID, nextDesc, prev.id, strings.Join(evidence, "; "), clock(due))
+	}
+}
+
+// leaseOnlyGrants returns the grants seen on the Lease that no hold announced, sorted by token:
+// the first change to each token with a holder, on a Lease where some announced grant was seen,
+// whose token no grant of the history has.
+func leaseOnlyGrants(h *History, grants []*holdOps) []LeaseChange {
+	tokens := map[uint64]bool{}
+	for _, g := range grants {
+		tokens[g.token] = true
+	}
+	leases := map[string]bool{}
+	for _, c := range h.Leases {
+		if c.Holder != "" && tokens[c.Token] {
+			leases[c.Lease] = true
+		}
+	}
+	seen := map[uint64]bool{}
+	var out []LeaseChange
+	for _, c := range h.Leases {
+		if c.Holder == "" || tokens[c.Token] || !leases[c.Lease] || seen[c.Token] {
+			continue
+		}
+		seen[c.Token] = true
+		out = append(out, c)
+	}
+	slices.SortStableFunc(out, func(a, b LeaseChange) int { return cmp.Or(cmp.Compare(a.Token, b.Token), a.Seen.Compare(b.Seen)) })
+	return out
+}
+
+// checkForeignRefused checks every foreign release: both DELETEs answered 401, and the hold it
+// aimed at (its Pod's hold with the token the side-car showed) not lost, unless another fault
+// on its Pod or the API server overlapped that hold.
+func (v *Verdict) checkForeignRefused(h *History, holds map[string]*holdOps, order []string) {
+	type key struct {
+		pod   string
+		token uint64
+	}
+	byToken := map[key]*holdOps{}
+	for _, id := range order {
+		if ho := holds[id]; ho.grant != nil {
+			byToken[key{ho.pod, ho.token}] = ho
+		}
+	}
+	for i, f := range h.Faults {
+		if f.Kind != FaultForeignRelease {
+			continue
+		}
+		v.ForeignReleases++
+		what := fmt.Sprintf("foreign release in %s at %s of session %s's hold (token %d)", f.Pod, clock(f.Start), f.Session, f.Token)
+		if f.StatusNoSecret == 401 && f.StatusWrongSecret == 401 {
+			v.ForeignRefused++
+		} else {
+			v.fail(CheckForeignRefused, nil, "%s: got status %d to the DELETE without a secret and %d to the one with a wrong secret; want 401 to both",
+				what, f.StatusNoSecret, f.StatusWrongSecret)
+		}
+		ho := byToken[key{f.Pod, f.Token}]
+		if ho == nil {
+			continue
+		}
+		var lostBy []*Op
+		end := ho.belief()
+		for _, op := range []*Op{ho.end, ho.release} {
+			if op != nil {
+				end = later(end, op.End)
+				if op.Result == ResultLost {
+					lostBy = append(lostBy, op)
+				}
+			}
+		}
+		if len(lostBy) == 0 {
+			v.ForeignHoldsKept++
+			continue
+		}
+		excused := false
+		for j, o := range h.Faults {
+			if j != i && o.Kind != FaultForeignRelease && (o.Pod == ho.pod || o.Pod == "") &&
+				!o.Start.After(end) && !later(o.End, o.Start).Before(ho.grant.Start) {
+				excused = true
+				break
+			}
+		}
+		if excused {
+			continue
+		}
+		v.fail(CheckForeignRefused, append([]*Op{ho.grant}, lostBy...), "%s: got hold %s lost (%s) with no other fault on its Pod or the API server; want it kept: a refused release changes nothing",
+			what, ho.id, describe(lostBy[0]))
 	}
 }
 

@@ -106,6 +106,15 @@ const (
 	FaultKillSidecar = "kill-sidecar"
 	FaultRestartAPI  = "restart-apiserver"
 	FaultCutOff      = "cut-off"
+	// FaultPauseSidecar is a holder's side-car paused (SIGSTOP) for longer than the lease
+	// duration, then resumed (SIGCONT): its application must be told lost by its SDK's own clock
+	// of the hold's validity before another Pod is granted.
+	FaultPauseSidecar = "pause-sidecar"
+	// FaultForeignRelease is a process in a holder's Pod, other than its application, that reads
+	// the holder identity "<pod>/<session>" from the side-car's public API and asks to release
+	// the lock for that session without the session's secret, then with a wrong one: the
+	// side-car must answer 401 and change nothing.
+	FaultForeignRelease = "foreign-release"
 )
 
 // A Fault is one fault the test injected.
@@ -116,13 +125,23 @@ type Fault struct {
 	// Start and End bound the fault: for a SIGKILL, from just before the signal was sent to
 	// when the runtime had sent it; for a cut-off, from when the rules were in place to when
 	// they were removed; for the API server, from just before it was killed to when it was
-	// back.
+	// back; for a pause, from just before SIGSTOP was sent to when SIGCONT had been; for a
+	// foreign release, from just before the foreign process read the lock to when its last
+	// DELETE was answered (its own clock).
 	Start time.Time `json:"start"`
 	End   time.Time `json:"end,omitzero"`
 	// Held says whether the Pod held the lock when the fault struck ([Register.HeldAt]).
 	Held bool `json:"held,omitempty"`
 	// Desc is the test's description of the fault.
 	Desc string `json:"desc,omitempty"`
+	// Session and Token are, for a foreign release, the session of the holder identity that the
+	// side-car showed and the fencing token of that grant: the hold it tried to end.
+	Session string `json:"session,omitempty"`
+	Token   uint64 `json:"token,omitempty"`
+	// StatusNoSecret and StatusWrongSecret are, for a foreign release, the HTTP statuses of its
+	// DELETE without an Authorization header and of the one with a wrong secret (401 expected).
+	StatusNoSecret    int `json:"status_no_secret,omitempty"`
+	StatusWrongSecret int `json:"status_wrong_secret,omitempty"`
 }
 
 // A LeaseChange is a change of a lock Lease's holder or fencing token, as the test's watch of the

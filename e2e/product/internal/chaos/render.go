@@ -45,6 +45,8 @@ const (
 	colorSidecar  = "#8b1a89"
 	colorCut      = "#c0392b"
 	colorAPI      = "#777"
+	colorPause    = "#1f6f8b"
+	colorForeign  = "#c77c00"
 )
 
 // RenderHTML writes a self-contained HTML page (inline SVG and CSS, no script, nothing loaded from
@@ -255,9 +257,9 @@ func (r *renderer) page(w io.Writer) {
 		{"sessions known", fmt.Sprintf("%d holds, from %d Lease changes", v.Sessions, v.LeaseChanges)},
 		{CheckLinearizable, fmt.Sprintf("%s over %d grants and writes in %d segment(s)", v.Linearizable, v.RegisterOps, v.Segments)},
 		{CheckOverlap, fmt.Sprintf("%d holds with accepted operations", v.HoldsWithAcceptedOps)},
-		{CheckToldBeforeGranted, fmt.Sprintf("%d handoffs: told lost %d, released %d, ended with no Release recorded %d, killed %d",
-			v.Handoffs, v.HandoffsLost, v.HandoffsReleased, v.HandoffsEndedUnreleased, v.HandoffsKilled)},
+		{CheckToldBeforeGranted, v.ToldBeforeGrantedSummary()},
 		{CheckTokenOrder, fmt.Sprintf("%d grants", v.Grants)},
+		{CheckForeignRefused, v.ForeignSummary()},
 	}
 	for _, row := range rows {
 		fmt.Fprintf(w, "<tr><td>%s</td><td>%s</td></tr>\n", esc(row[0]), esc(row[1]))
@@ -319,9 +321,12 @@ func (r *renderer) legend(w io.Writer) {
 	item(`<path d="M9,0v16" stroke="#222" stroke-width="2"/>`, "kill app")
 	item(`<path d="M9,0v16" stroke="#8b1a89" stroke-width="2"/>`, "kill side-car")
 	item(`<rect width="18" height="14" fill="url(#cut)" stroke="#c0392b"/>`, "cut off")
+	item(`<rect width="18" height="14" fill="url(#pause)" stroke="#1f6f8b"/>`, "side-car paused")
+	item(`<path d="M9,0v16" stroke="#c77c00" stroke-width="2" stroke-dasharray="3,2"/>`, "foreign release")
 	item(`<rect width="18" height="14" fill="#7773"/>`, "API server restart")
 	item(`<circle cx="9" cy="8" r="6" fill="none" stroke="#d62728" stroke-width="2"/>`, "violation")
-	fmt.Fprintln(w, `<defs><pattern id="cut" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="3" height="6" fill="#c0392b55"/></pattern></defs>`)
+	fmt.Fprintln(w, `<defs><pattern id="cut" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="3" height="6" fill="#c0392b55"/></pattern>`+
+		`<pattern id="pause" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(-45)"><rect width="3" height="6" fill="#1f6f8b55"/></pattern></defs>`)
 	fmt.Fprintln(w, "</svg>")
 }
 
@@ -390,6 +395,10 @@ func faultColor(kind string) string {
 		return colorSidecar
 	case FaultCutOff:
 		return colorCut
+	case FaultPauseSidecar:
+		return colorPause
+	case FaultForeignRelease:
+		return colorForeign
 	default:
 		return colorAPI
 	}
@@ -462,21 +471,28 @@ func (r *renderer) strip(w io.Writer, n int, a, b time.Time) {
 		case f.Pod == "":
 			fmt.Fprintf(w, `<g class="fault %s"><rect x="%.1f" y="%d" width="%.1f" height="%d" fill="#7773"/><text x="%.1f" y="%d" fill="#444">API server restart</text>%s</g>`+"\n",
 				esc(f.Kind), x(f.Start), renderAxisH, max(1, x(end)-x(f.Start)), len(lanes)*renderLaneH, x(f.Start)+2, renderAxisH+len(lanes)*renderLaneH-3, title)
-		case f.Kind == FaultCutOff:
-			fmt.Fprintf(w, `<g class="fault %s"><rect x="%.1f" y="%.1f" width="%.1f" height="%d" fill="url(#cut)" stroke="%s"/><text x="%.1f" y="%.1f" fill="%s">cut off</text>%s</g>`+"\n",
-				esc(f.Kind), x(f.Start), y(f.Pod), max(1, x(end)-x(f.Start)), renderLaneH, colorCut, x(f.Start)+2, y(f.Pod)+13, colorCut, title)
+		case f.Kind == FaultCutOff || f.Kind == FaultPauseSidecar:
+			pattern, label := "cut", "cut off"
+			if f.Kind == FaultPauseSidecar {
+				pattern, label = "pause", "side-car paused"
+			}
+			fmt.Fprintf(w, `<g class="fault %s"><rect x="%.1f" y="%.1f" width="%.1f" height="%d" fill="url(#%s)" stroke="%s"/><text x="%.1f" y="%.1f" fill="%s">%s</text>%s</g>`+"\n",
+				esc(f.Kind), x(f.Start), y(f.Pod), max(1, x(end)-x(f.Start)), renderLaneH, pattern, faultColor(f.Kind), x(f.Start)+2, y(f.Pod)+13, faultColor(f.Kind), label, title)
 		default:
-			label := "kill app"
-			if f.Kind == FaultKillSidecar {
+			label, dash := "kill app", ""
+			switch f.Kind {
+			case FaultKillSidecar:
 				label = "kill side-car"
+			case FaultForeignRelease:
+				label, dash = "foreign release", ` stroke-dasharray="3,2"`
 			}
 			if in(f.Start) {
 				lx, anchor := x(f.Start)+3, "start"
 				if lx > float64(width-90) { // near the right edge: the label goes left of the line
 					lx, anchor = x(f.Start)-3, "end"
 				}
-				fmt.Fprintf(w, `<g class="fault %s"><line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"/><text class="flabel" x="%.1f" y="%.1f" fill="%s" text-anchor="%s">%s</text>%s</g>`+"\n",
-					esc(f.Kind), x(f.Start), y(f.Pod)-2, x(f.Start), y(f.Pod)+renderLaneH+2, faultColor(f.Kind), lx, y(f.Pod)+13, faultColor(f.Kind), anchor, label, title)
+				fmt.Fprintf(w, `<g class="fault %s"><line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/><text class="flabel" x="%.1f" y="%.1f" fill="%s" text-anchor="%s">%s</text>%s</g>`+"\n",
+					esc(f.Kind), x(f.Start), y(f.Pod)-2, x(f.Start), y(f.Pod)+renderLaneH+2, faultColor(f.Kind), dash, lx, y(f.Pod)+13, faultColor(f.Kind), anchor, label, title)
 			}
 		}
 	}
