@@ -119,8 +119,9 @@ func (a *api) acquire(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, g)
 	// A grant that cannot be delivered (the client went away as it was written) would be held
-	// by nobody who knows: release it at once (the session is told it was lost).
-	if err := http.NewResponseController(w).Flush(); err != nil {
+	// by nobody who knows: release it at once (the session is told it was lost). A writer that
+	// cannot flush (a middleware's) has not failed to deliver.
+	if err := http.NewResponseController(w).Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		a.e.ReleaseGrant(k, name, g)
 	}
 }
