@@ -65,9 +65,8 @@ const (
 
 var allFaultKinds = []string{faultKillApp, faultKillSidecar, faultRestartAPI, faultCutOff, faultPauseSidecar, faultForeignRelease}
 
-// defaultFaultKinds are the kinds a run without CHAOS_FAULTS injects. pause-sidecar and
-// foreign-release are not among them yet: they have not been through a run on the cluster.
-var defaultFaultKinds = []string{faultKillApp, faultKillSidecar, faultRestartAPI, faultCutOff}
+// defaultFaultKinds are the kinds a run without CHAOS_FAULTS injects: all of them.
+var defaultFaultKinds = allFaultKinds
 
 // Scenario 3: the chaos safety run. Five contender Pods (./e2e/product/cmd/chaos) loop acquire ->
 // announce and write to a shared fenced register with their token -> release, while faults are
@@ -89,8 +88,8 @@ var defaultFaultKinds = []string{faultKillApp, faultKillSidecar, faultRestartAPI
 // violation; the history, its rendering and porcupine's are kept as artifacts (see artifactDir),
 // whatever the outcome. It stops by itself once CHAOS_GRANTS holds (default 1000) were announced,
 // every kind of fault was injected and each kind aimed at a Pod hit a holder at least once;
-// CHAOS_FAULTS chooses the kinds among kill-app,kill-sidecar,restart-apiserver,cut-off (the
-// default) and pause-sidecar,foreign-release (not yet run on the cluster, so opt-in).
+// CHAOS_FAULTS chooses the kinds among kill-app,kill-sidecar,restart-apiserver,cut-off,
+// pause-sidecar,foreign-release (default: all of them).
 func TestChaosSafety(t *testing.T) {
 	localcluster.Require(t, cluster)
 	target := defaultChaosCount
@@ -557,8 +556,9 @@ func (f *faulter) pauseSidecar(ctx context.Context, c candidate) (injected, erro
 // are the Pods whose application runs): a process of the Pod other than its application reads
 // the lock's holder from its side-car and asks it to release the hold for the holder's session,
 // without the secret and with a wrong one (chaos.AttemptForeignRelease). When the side-car names
-// another Pod's session (the holder changed meanwhile), it goes there, up to three times. Both
-// answers must be 401: failure says otherwise.
+// another Pod's session (the holder changed meanwhile), it goes there; when the lock is free or
+// the session ended before the DELETEs, it tries again. Both answers must be 401: failure says
+// otherwise.
 func (f *faulter) foreignRelease(ctx context.Context, cands []candidate) (injected, error) {
 	byPod := map[string]candidate{}
 	for _, c := range cands {
@@ -566,7 +566,13 @@ func (f *faulter) foreignRelease(ctx context.Context, cands []candidate) (inject
 	}
 	c := cands[f.pick(cands)]
 	var fr chaos.ForeignRelease
-	for hop := 0; ; hop++ {
+	var answers []string
+	// The contenders release and acquire in a loop: the lock may be free for a moment when the
+	// process looks, or the hold it saw may end before its DELETEs arrive. Aim again then.
+	for try := 0; ; try++ {
+		if try == 20 {
+			return injected{}, fmt.Errorf("foreign release in %s: no hold of a running application to aim at in %d tries (last: holder %q, answers %v)", c.pod, try, fr.Holder, answers)
+		}
 		out, err := cluster.Ctr(ctx, "task", "exec", "--exec-id", fmt.Sprintf("foreign-release-%d", time.Now().UnixNano()), c.id, "/"+chaosApp, "-foreign-release")
 		if err != nil {
 			return injected{}, fmt.Errorf("foreign release in %s: %w", c.pod, err)
@@ -575,26 +581,27 @@ func (f *faulter) foreignRelease(ctx context.Context, cands []candidate) (inject
 		if err := json.Unmarshal([]byte(out), &fr); err != nil {
 			return injected{}, fmt.Errorf("foreign release in %s: %w: %q", c.pod, err, out)
 		}
-		if len(fr.Attempts) > 0 {
+		answers = answers[:0]
+		gone := 0
+		for _, a := range fr.Attempts {
+			answers = append(answers, fmt.Sprintf("%s: %d %s", a.Authorization, a.Status, a.Code))
+			if a.Code == string(wire.CodeNoSession) {
+				gone++
+			}
+		}
+		if len(fr.Attempts) > 0 && gone < len(fr.Attempts) {
 			break
 		}
-		next, ok := byPod[fr.HolderPod()]
-		if !ok || hop == 2 {
-			return injected{}, fmt.Errorf("foreign release in %s: the side-car shows the holder %q, not a session of this Pod or of another one whose application runs", c.pod, fr.Holder)
+		if len(fr.Attempts) == 0 && fr.Holder != "" {
+			// The side-car names another Pod's session: go there if its application runs.
+			next, ok := byPod[fr.HolderPod()]
+			if !ok {
+				return injected{}, fmt.Errorf("foreign release in %s: the side-car shows the holder %q, not a session of this Pod or of another one whose application runs", c.pod, fr.Holder)
+			}
+			c = next
+			continue
 		}
-		c = next
-	}
-	var answers []string
-	gone := 0
-	for _, a := range fr.Attempts {
-		answers = append(answers, fmt.Sprintf("%s: %d %s", a.Authorization, a.Status, a.Code))
-		if a.Code == string(wire.CodeNoSession) {
-			gone++
-		}
-	}
-	if gone == len(fr.Attempts) {
-		// The session ended between the GET and the DELETEs: aim again.
-		return injected{}, fmt.Errorf("foreign release in %s: session %s ended meanwhile (%s)", c.pod, fr.Session(), strings.Join(answers, ", "))
+		time.Sleep(50 * time.Millisecond)
 	}
 	desc := fmt.Sprintf("foreign release in %s of session %s's hold (token %d), DELETE with authorization %s", c.pod, fr.Session(), fr.Token, strings.Join(answers, ", authorization "))
 	fl := fr.Fault(desc)
