@@ -57,14 +57,23 @@ type Engine struct {
 	workerExited chan struct{} // capacity 1: signalled when a name's worker exits
 	sessionEnded chan struct{} // capacity 1: signalled when a session ends
 
-	// Lock order: mu, then a nameState's mu, then smu or a session's mu. smu and a session's mu
-	// are never held while taking another lock.
+	// Lock order: mu, then a nameState's mu, then smu or a session's mu; dmu, then smu or a
+	// session's mu. smu and a session's mu are never held while taking another lock.
 	mu    sync.Mutex            // protects names
 	names map[string]*nameState // by Lease name
 
-	hmu         sync.Mutex // protects informerErr and writeErr; taken last, like imu
-	informerErr error      // the informer's last list/watch error, until an event arrives
-	writeErr    error      // the last failed write's error, until a write succeeds
+	hmu         sync.Mutex // protects informerErr, informerErrRV and writeErr; taken last, like imu
+	informerErr error      // the informer's last list/watch error, until it lists or watches again
+	// informerErrRV is the informer's last synced resourceVersion when informerErr was seen: a
+	// new one means that it has listed or watched since.
+	informerErrRV string
+	writeErr      error // the last failed write's error, until a write succeeds
+
+	// dmu orders what the sessions are told about API trouble: degraded and the sessions it was
+	// posted to change together. It is taken before smu and a session's mu, never while holding
+	// another lock.
+	dmu      sync.Mutex
+	degraded error // the trouble the sessions were last told of (EventDegraded), or nil
 
 	smu      sync.Mutex // protects sessions
 	sessions map[string]*session
@@ -149,8 +158,9 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 		return nil, err
 	}
 	if err := e.informer.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+		rv := e.informer.LastSyncResourceVersion()
 		e.hmu.Lock()
-		e.informerErr = err
+		e.informerErr, e.informerErrRV = err, rv
 		e.hmu.Unlock()
 		cache.DefaultWatchErrorHandler(ctx, r, err)
 	}); err != nil {
@@ -194,6 +204,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	}
 	e.noteWatch()
 	e.synced.Store(true)
+	go e.reportHealth()
 	e.log.Info("Lease informer synced; serving", "leaseDuration", e.cfg.LeaseDuration,
 		"renewDeadline", e.cfg.RenewDeadline, "renewPeriod", e.cfg.RenewPeriod, "retryPeriod", e.cfg.RetryPeriod)
 	return nil

@@ -2,6 +2,7 @@ package elector
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -89,8 +90,22 @@ func (b *bed) open() wire.Session {
 	return s
 }
 
-// events streams a session's events into a channel until the test ends.
+// events streams a session's events into a channel until the test ends, without pings and
+// the reports of API trouble (see healthEvents).
 func (b *bed) events(id wire.SessionKey) <-chan wire.Event {
+	b.t.Helper()
+	return b.streamOf(id, wire.EventPing, wire.EventDegraded, wire.EventRecovered)
+}
+
+// healthEvents is events with the reports of API trouble.
+func (b *bed) healthEvents(id wire.SessionKey) <-chan wire.Event {
+	b.t.Helper()
+	return b.streamOf(id, wire.EventPing)
+}
+
+// streamOf streams a session's events, but those of the types in skip, into a channel until the
+// test ends.
+func (b *bed) streamOf(id wire.SessionKey, skip ...wire.EventType) <-chan wire.Event {
 	b.t.Helper()
 	ch := make(chan wire.Event, 100)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -98,7 +113,7 @@ func (b *bed) events(id wire.SessionKey) <-chan wire.Event {
 	go func() {
 		defer close(done)
 		_ = b.e.StreamEvents(ctx, id, func(ev wire.Event) error {
-			if ev.Type != wire.EventPing {
+			if !slices.Contains(skip, ev.Type) {
 				ch <- ev
 			}
 			return nil

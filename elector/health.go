@@ -3,6 +3,9 @@ package elector
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/metaparticle-io/sync/wire"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -59,10 +62,14 @@ func (e *Engine) Alive(ctx context.Context) error {
 }
 
 // APIStatus reports the API server trouble the Engine has seen and not yet seen cured, or nil:
-// the informer's last list or watch failure (cured by the next event it delivers) and the last
-// failed write (cured by the next successful one). It makes no request.
+// the informer's last list or watch failure (cured once the informer has listed or watched
+// again) and the last failed write (cured by the next successful one). It makes no request.
 func (e *Engine) APIStatus() error {
+	rv := e.informer.LastSyncResourceVersion()
 	e.hmu.Lock()
+	if e.informerErr != nil && rv != e.informerErrRV {
+		e.informerErr = nil // listed or watched since
+	}
 	ierr, werr := e.informerErr, e.writeErr
 	e.hmu.Unlock()
 	var errs []error
@@ -104,4 +111,93 @@ func (e *Engine) noteWrite(err error) {
 	e.hmu.Lock()
 	e.writeErr = err
 	e.hmu.Unlock()
+}
+
+// ---- Telling the sessions ----
+
+// reportHealth checks APIStatus every RetryPeriod until the Engine stops, and tells every
+// session when it changes (updateDegraded).
+func (e *Engine) reportHealth() {
+	t := e.clock.NewTicker(e.cfg.RetryPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-t.C():
+			e.updateDegraded()
+		}
+	}
+}
+
+// updateDegraded posts wire.EventDegraded to every session when API trouble begins or changes
+// its code, and wire.EventRecovered when it ends.
+func (e *Engine) updateDegraded() {
+	e.dmu.Lock()
+	defer e.dmu.Unlock()
+	now := e.APIStatus()
+	if troubleCode(now) == troubleCode(e.degraded) {
+		return
+	}
+	e.degraded = now
+	if now != nil {
+		e.log.Error(now, "API server trouble: telling the sessions they are degraded")
+	} else {
+		e.log.Info("API server trouble over: telling the sessions they recovered")
+	}
+	e.smu.Lock()
+	sessions := slices.Collect(maps.Values(e.sessions))
+	e.smu.Unlock()
+	ev := degradedEvent(now)
+	for _, s := range sessions {
+		e.postOrEnd(s, ev)
+	}
+}
+
+// tellDegraded queues EventDegraded for a new session s while there is trouble. The caller
+// holds dmu.
+func (e *Engine) tellDegraded(s *session) {
+	if e.degraded != nil {
+		e.postOrEnd(s, degradedEvent(e.degraded))
+	}
+}
+
+// troubleCode is the code sessions are told for API trouble err: forbidden when any part of
+// it is, unavailable for any other, "" for none.
+func troubleCode(err error) wire.ErrorCode {
+	if err == nil {
+		return ""
+	}
+	for _, p := range troubleParts(err) {
+		if wire.CodeOf(p) == wire.CodeForbidden {
+			return wire.CodeForbidden
+		}
+	}
+	return wire.CodeUnavailable
+}
+
+// troubleParts splits what APIStatus joined.
+func troubleParts(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// degradedEvent is the event that tells a session of API trouble err (nil: none). Its Reason
+// has the messages of err's parts without their codes; Code has the code.
+func degradedEvent(err error) wire.Event {
+	if err == nil {
+		return wire.Event{Type: wire.EventRecovered}
+	}
+	var msgs []string
+	for _, p := range troubleParts(err) {
+		var we *wire.Error
+		if errors.As(p, &we) {
+			msgs = append(msgs, we.Message)
+		} else {
+			msgs = append(msgs, p.Error())
+		}
+	}
+	return wire.Event{Type: wire.EventDegraded, Code: troubleCode(err), Reason: strings.Join(msgs, "; ")}
 }

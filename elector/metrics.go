@@ -82,12 +82,15 @@ var (
 	holdsDesc    = prometheus.NewDesc("metaparticle_sync_holds", "Holds this side-car has now.", []string{"kind"}, nil)
 	waitingDesc  = prometheus.NewDesc("metaparticle_sync_waiting", "Lock waiters and election candidates not leading now.", []string{"kind"}, nil)
 	sessionsDesc = prometheus.NewDesc("metaparticle_sync_sessions", "Open sessions.", nil, nil)
+	degradedDesc = prometheus.NewDesc("metaparticle_sync_api_degraded",
+		"1 while the sessions are told of API server trouble (a degraded event), by code (forbidden, unavailable); 0 otherwise.", []string{"code"}, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- holdsDesc
 	ch <- waitingDesc
 	ch <- sessionsDesc
+	ch <- degradedDesc
 }
 
 func (g *gauges) Collect(ch chan<- prometheus.Metric) {
@@ -97,11 +100,19 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(waitingDesc, prometheus.GaugeValue, float64(s.waiting[k]), string(k))
 	}
 	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(s.sessions))
+	for _, code := range []wire.ErrorCode{wire.CodeForbidden, wire.CodeUnavailable} {
+		v := 0.0
+		if s.degraded == code {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(degradedDesc, prometheus.GaugeValue, v, string(code))
+	}
 }
 
 type engineSnapshot struct {
 	holds, waiting map[wire.Kind]int
 	sessions       int
+	degraded       wire.ErrorCode // the code of the trouble the sessions were told of, or ""
 }
 
 // snapshot counts holds, waiters and sessions for the metrics.
@@ -122,5 +133,8 @@ func (e *Engine) snapshot() engineSnapshot {
 	e.smu.Lock()
 	s.sessions = len(e.sessions)
 	e.smu.Unlock()
+	e.dmu.Lock()
+	s.degraded = troubleCode(e.degraded)
+	e.dmu.Unlock()
 	return s
 }

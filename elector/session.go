@@ -94,13 +94,17 @@ func (e *Engine) OpenSessionWith(req wire.OpenSessionRequest, opts SessionOption
 		flushed:   make(chan struct{}),
 		interests: map[*nameState]bool{},
 	}
+	e.dmu.Lock()
 	e.smu.Lock()
 	if e.closing.Load() {
 		e.smu.Unlock()
+		e.dmu.Unlock()
 		return wire.Session{}, wire.Errorf(wire.CodeShuttingDown, "the side-car is shutting down")
 	}
 	e.sessions[id] = s
 	e.smu.Unlock()
+	e.tellDegraded(s)
+	e.dmu.Unlock()
 	s.mu.Lock()
 	s.expiry = e.clock.AfterFunc(ttl, e.expireFunc(s, 0))
 	s.mu.Unlock()
@@ -378,9 +382,13 @@ func (s *session) post(ev wire.Event) bool {
 
 // post queues ev for s; a session whose queue overflows is ended (asynchronously: the caller
 // holds n.mu, and ending a session takes it).
-func (n *nameState) post(s *session, ev wire.Event) {
+func (n *nameState) post(s *session, ev wire.Event) { n.e.postOrEnd(s, ev) }
+
+// postOrEnd queues ev for s; a session whose queue overflows is ended (asynchronously: the
+// caller may hold locks that ending a session takes).
+func (e *Engine) postOrEnd(s *session, ev wire.Event) {
 	if !s.post(ev) {
-		go n.e.endSession(s, "its event queue overflowed: the client does not read its event stream", wire.CodeNoSession)
+		go e.endSession(s, "its event queue overflowed: the client does not read its event stream", wire.CodeNoSession)
 	}
 }
 

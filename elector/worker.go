@@ -460,10 +460,10 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 	case conflict:
 		log.V(1).Info("lost a race for the Lease; waiting for the winner's version", "op", a.op)
 	case apierrors.IsForbidden(err):
+		// Like any other API trouble: blocking acquires keep waiting (RBAC may be fixed, and
+		// their sessions are told they are degraded); a try is answered below.
 		n.retryAt = now.Add(n.e.cfg.RetryPeriod)
-		werr := n.e.apiErr(a.op.verb(), err)
-		log.Error(err, "RBAC forbids writing the Lease")
-		n.failWaiters(werr, "failed")
+		log.Error(err, "RBAC forbids writing the Lease; retrying", "op", a.op, "retryAt", n.retryAt)
 	case errors.Is(err, errFatal):
 		n.retryAt = now.Add(n.e.cfg.RetryPeriod)
 		log.Error(err, "cannot grant")
@@ -477,6 +477,8 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 			n.answer(c, wire.Grant{}, err, "failed")
 		} else if conflict {
 			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q was taken by someone else first", n.name), "failed")
+		} else if apierrors.IsForbidden(err) {
+			n.answer(c, wire.Grant{}, n.e.apiErr(a.op.verb(), err), "failed")
 		} else {
 			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeUnavailable, "could not write the Lease: %v", err), "failed")
 		}

@@ -182,6 +182,20 @@ func DefaultClient() *Client {
 	return defaultClient.c
 }
 
+// Degraded reports the API server trouble that the side-car last reported on the Client's
+// session, as a *[wire.Error] whose Code is [wire.CodeForbidden] (RBAC) or
+// [wire.CodeUnavailable], or nil: no trouble, or no session open. It is for health pages and
+// logs; it changes nothing by itself, and every loss the trouble causes is reported as always
+// (Lost, the elected context).
+func (c *Client) Degraded() error {
+	if s := c.current(); s != nil {
+		if we := s.degraded.Load(); we != nil {
+			return we
+		}
+	}
+	return nil
+}
+
 // Address returns the side-car address the Client uses, host:port.
 func (c *Client) Address() string { return c.cfg.addr }
 

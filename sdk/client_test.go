@@ -497,3 +497,43 @@ func TestSessionTTLRequested(t *testing.T) {
 	}
 	waitUntil(t, "keep-alives", func() bool { return f.count("POST keepalive") >= 2 })
 }
+
+// TestDegradedFollowsTheStream: Degraded reports the trouble of the last degraded event, until a
+// recovered event, and changes no hold.
+func TestDegradedFollowsTheStream(t *testing.T) {
+	f := newFake(t)
+	c := f.client()
+	ctx := testCtx(t)
+	l := c.NewLock("test")
+	if err := l.Acquire(ctx); err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	if err := c.Degraded(); err != nil {
+		t.Fatalf("Degraded before any report: got %v; want nil", err)
+	}
+	id := f.sessionIDs()[0]
+	// Events are handled in order: once a marker lock's loss is seen, so was the event before.
+	marker := func(name string) {
+		t.Helper()
+		m := c.NewLock(name)
+		if err := m.Acquire(ctx); err != nil {
+			t.Fatalf("Acquire %s: %v", name, err)
+		}
+		f.loseLock(name)
+		waitClosed(t, m.Lost(), name+"'s Lost")
+	}
+	f.send(id, wire.Event{Type: wire.EventDegraded, Code: wire.CodeForbidden, Reason: "RBAC forbids write of leases"})
+	marker("m1")
+	var we *wire.Error
+	if err := c.Degraded(); !errors.As(err, &we) || we.Code != wire.CodeForbidden || !strings.Contains(we.Message, "RBAC forbids") {
+		t.Errorf("Degraded after a degraded event: got %v; want a *wire.Error with code %s and the event's reason", err, wire.CodeForbidden)
+	}
+	if isClosed(l.Lost()) {
+		t.Errorf("got Lost closed by a degraded event; want the hold kept")
+	}
+	f.send(id, wire.Event{Type: wire.EventRecovered})
+	marker("m2")
+	if err := c.Degraded(); err != nil {
+		t.Errorf("Degraded after a recovered event: got %v; want nil", err)
+	}
+}

@@ -1,12 +1,14 @@
 package sdk
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/metaparticle-io/sync/wire"
@@ -45,6 +47,10 @@ type session struct {
 	conn      context.Context
 	closeConn context.CancelCauseFunc
 	wg        sync.WaitGroup // the stream reader and the keep-alive loop
+
+	// degraded is the API trouble the side-car last reported on the stream (EventDegraded), or
+	// nil: none, or it reported EventRecovered.
+	degraded atomic.Pointer[wire.Error]
 
 	mu        sync.Mutex // protects locks, elections and the two timers; orders the end of ctx
 	locks     map[string]*lockEntry
@@ -171,6 +177,10 @@ func (s *session) read(r *ndjsonReader) {
 		case wire.EventClosed:
 			s.end(fmt.Errorf("the side-car closed the session: %s", orUnknown(ev.Reason)))
 			return
+		case wire.EventDegraded:
+			s.degraded.Store(&wire.Error{Code: cmp.Or(ev.Code, wire.CodeUnavailable), Message: orUnknown(ev.Reason)})
+		case wire.EventRecovered:
+			s.degraded.Store(nil)
 		}
 		// ready, ping and types this SDK does not know carry nothing to act on.
 	}

@@ -304,6 +304,13 @@ const (
 	EventDeposed EventType = "deposed"
 	// EventClosed is the last event of a stream whose session ended; Reason says why.
 	EventClosed EventType = "closed"
+	// EventDegraded says the side-car has trouble with the API server: Code is CodeForbidden
+	// (RBAC) or CodeUnavailable, Reason says what failed. It changes no hold by itself, but
+	// while it lasts holds may be lost (each loss has its own event) and waits last longer. A
+	// session opened during the trouble gets it after EventReady. It lasts until EventRecovered.
+	EventDegraded EventType = "degraded"
+	// EventRecovered says the trouble of the last EventDegraded is over.
+	EventRecovered EventType = "recovered"
 )
 
 // Event is one line of a session's event stream.
@@ -313,8 +320,10 @@ type Event struct {
 	Kind Kind `json:"kind,omitempty"`
 	// Grant is the hold concerned, for lost, elected and deposed events.
 	Grant *Grant `json:"grant,omitempty"`
-	// Reason is a human-readable explanation for lost, deposed and closed events.
+	// Reason is a human-readable explanation for lost, deposed, closed and degraded events.
 	Reason string `json:"reason,omitempty"`
+	// Code is the error code of a degraded event.
+	Code ErrorCode `json:"code,omitempty"`
 }
 
 // Kind tells locks from elections.

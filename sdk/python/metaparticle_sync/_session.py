@@ -123,6 +123,9 @@ class Session:
         self._acked = time.monotonic()
         self._holds = {}  # (kind, name) -> _Hold, for holds with a validity
         self._watching = False  # the watchdog thread runs
+        # The API server trouble the side-car last reported (a "degraded" event) as an APIError,
+        # or None: none, or it reported "recovered".
+        self.degraded = None
 
     def __repr__(self):
         return "<metaparticle_sync session %s %s at %s>" % (self.id, "ended" if self.ended else "open", self.address.hostport)
@@ -209,6 +212,11 @@ class Session:
                 if kind == "closed":
                     self.end("the side-car closed the session: %s" % (ev.get("reason") or "no reason given"))
                     return
+                if kind == "degraded":
+                    self.degraded = _http.APIError("GET", "/v1/sessions/%s/events" % self.id, 503,
+                                                   ev.get("code") or "unavailable", ev.get("reason") or "no reason given")
+                elif kind == "recovered":
+                    self.degraded = None
                 if kind in ("lost", "deposed"):
                     self._ended_by_event(ev)
                 if kind in ("lost", "elected", "deposed") and not self.ended:

@@ -72,6 +72,7 @@ class Election:
         self._address = _http.resolve(base_uri)
         self._ttl = float(ttl)
         self._retry_timeout = float(retry_timeout)
+        self._latest = None  # the last session opened, for degraded
         self._mu = threading.Lock()  # protects the fields below
         self._running = False
         self._stop = threading.Event()
@@ -98,6 +99,15 @@ class Election:
         """The fencing token (int) of this process's current term, or None when not leading."""
         with self._mu:
             return self._token if self._leading else None
+
+    @property
+    def degraded(self):
+        """The API server trouble the side-car last reported on this Election's session, as an
+        APIError whose ``code`` is ``forbidden`` (RBAC) or ``unavailable``, or None: no trouble,
+        or no session open. It changes nothing by itself; every loss it causes is reported as
+        always."""
+        s = self._latest
+        return s.degraded if s is not None and not s.ended else None
 
     def __repr__(self):
         return "<metaparticle_sync.Election %r %s at %s>" % (
@@ -152,6 +162,7 @@ class Election:
             try:
                 session = Session.open(self._address, self._ttl, "election=%s" % self.name, self._retry_timeout,
                                        self._on_event, self._on_end, stop=stop, on_confirmed=self._on_confirmed)
+                self._latest = session
             except _http.StopRequested:
                 return None
             try:

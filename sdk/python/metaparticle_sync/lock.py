@@ -71,6 +71,7 @@ class Lock:
         self._address = _http.resolve(base_uri)
         self._ttl = float(ttl)
         self._retry_timeout = float(retry_timeout)
+        self._latest = None  # the last session opened, for degraded
         self._cond = threading.Condition()
         self._state = _IDLE   # protected by _cond, like every field below
         self._owner = None    # thread ident of the acquiring or holding thread
@@ -111,6 +112,15 @@ class Lock:
         """The holder identity of the current hold ("<pod>/<session>"), or None."""
         with self._cond:
             return self._grant.get("holder") if self._state == _HELD else None
+
+    @property
+    def degraded(self):
+        """The API server trouble the side-car last reported on this Lock's session, as an
+        APIError whose ``code`` is ``forbidden`` (RBAC) or ``unavailable``, or None: no trouble,
+        or no session open. It changes nothing by itself; every loss it causes is reported as
+        always."""
+        s = self._latest
+        return s.degraded if s is not None and not s.ended else None
 
     @property
     def lost_reason(self):
@@ -173,6 +183,7 @@ class Lock:
             if deadline is not None:
                 budget = min(budget, max(0.0, deadline - time.monotonic()))
             session = Session.open(self._address, self._ttl, "lock=%s" % self.name, budget, self._on_event, self._on_end)
+            self._latest = session
             body, timeout = {}, None
             if not blocking:
                 body, timeout = {"try": True}, self._ttl

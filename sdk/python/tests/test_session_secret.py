@@ -531,3 +531,32 @@ class FakeSidecarTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DegradedTest(unittest.TestCase):
+    """Lock.degraded follows the side-car's degraded and recovered events, and changes no hold."""
+
+    def until(self, cond, what):
+        give_up = time.monotonic() + PATIENCE
+        while not cond():
+            self.assertLess(time.monotonic(), give_up, "timed out waiting for %s" % what)
+            time.sleep(0.02)
+
+    def test_degraded_follows_the_events(self):
+        fake = FakeSidecar(self)
+        lock = Lock("degraded", base_uri=fake.address, ttl=10, retry_timeout=5)
+        self.assertIsNone(lock.degraded)
+        self.assertTrue(lock.acquire())
+        self.assertIsNone(lock.degraded)
+        with fake.mu:
+            events = fake.sessions[lock._session.id]
+        events.put({"type": "degraded", "code": "forbidden", "reason": "RBAC forbids write of leases"})
+        self.until(lambda: lock.degraded is not None, "degraded")
+        self.assertIsInstance(lock.degraded, APIError)
+        self.assertEqual(lock.degraded.code, "forbidden")
+        self.assertIn("RBAC forbids", lock.degraded.message)
+        self.assertTrue(lock.held)
+        events.put({"type": "recovered"})
+        self.until(lambda: lock.degraded is None, "recovered")
+        self.assertTrue(lock.held)
+        lock.release()

@@ -1,0 +1,77 @@
+package elector
+
+import (
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/metaparticle-io/sync/elector/internal/leasefake"
+	"github.com/metaparticle-io/sync/wire"
+)
+
+// API trouble (here RBAC that forbids creating Leases, then allows it again) does not fail a
+// blocking acquire: it waits, and its session is told it is degraded, then recovered. A try is
+// answered with the trouble at once, and a session opened during it learns of it on its stream.
+func TestAPITroubleIsToldAndBlockingAcquiresWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := leasefake.New(t)
+		var forbid atomic.Bool
+		forbid.Store(true)
+		api.Clientset().PrependReactor("create", "leases", func(k8stesting.Action) (bool, runtime.Object, error) {
+			if forbid.Load() {
+				return true, nil, apierrors.NewForbidden(leasesGVR.GroupResource(), "", nil)
+			}
+			return false, nil, nil
+		})
+		b := newBed(t, "pod-a", api, nil)
+		retry := b.e.Config().RetryPeriod
+		waiter := b.open()
+		waiterEvents := b.healthEvents(waiter.Key())
+		res := b.acquire(waiter.Key(), "x", wire.AcquireRequest{})
+		b.step(retry)
+		ev := next(t, waiterEvents)
+		if ev.Type != wire.EventDegraded || ev.Code != wire.CodeForbidden {
+			t.Fatalf("event: got %+v; want %s with code %s", ev, wire.EventDegraded, wire.CodeForbidden)
+		}
+		b.step(retry) // the worker tries again, and fails again
+		quiet(t, res, "blocking acquire while RBAC forbids it")
+		if err := b.e.APIStatus(); codeOf(err) != wire.CodeForbidden {
+			t.Errorf("APIStatus: got %v; want code %s", err, wire.CodeForbidden)
+		}
+		if got := b.e.snapshot().degraded; got != wire.CodeForbidden {
+			t.Errorf("metaparticle_sync_api_degraded: got code %q; want %q", got, wire.CodeForbidden)
+		}
+
+		late := b.open()
+		lateEvents := b.healthEvents(late.Key())
+		if ev := next(t, lateEvents); ev.Type != wire.EventDegraded || ev.Code != wire.CodeForbidden {
+			t.Errorf("event of a session opened during the trouble: got %+v; want %s with code %s", ev, wire.EventDegraded, wire.CodeForbidden)
+		}
+		if _, err := b.e.Acquire(t.Context(), late.Key(), "y", wire.AcquireRequest{Try: true}); codeOf(err) != wire.CodeForbidden {
+			t.Errorf("try-acquire: got %v; want code %s", err, wire.CodeForbidden)
+		}
+
+		forbid.Store(false)
+		b.step(retry)
+		b.step(retry)
+		if o := wait(t, res); o.err != nil {
+			t.Fatalf("blocking acquire after RBAC allowed it: got %v; want a grant", o.err)
+		}
+		for who, ch := range map[string]<-chan wire.Event{"waiter": waiterEvents, "late": lateEvents} {
+			if ev := next(t, ch); ev.Type != wire.EventRecovered {
+				t.Errorf("%s's event: got %+v; want %s", who, ev, wire.EventRecovered)
+			}
+			quiet(t, ch, who+"'s events after recovering")
+		}
+		if err := b.e.APIStatus(); err != nil {
+			t.Errorf("APIStatus: got %v; want nil", err)
+		}
+		if got := b.e.snapshot().degraded; got != "" {
+			t.Errorf("metaparticle_sync_api_degraded: got code %q; want none", got)
+		}
+	})
+}
