@@ -11,7 +11,7 @@
 //
 // Scenarios (issue 8): 1 TestLockDeploymentTakesTurns, 2 TestElectionFailover, 3 TestChaosSafety
 // (CHAOS_GRANTS=20000 runs it longer), 4 TestAnnotatedJobCompletes, 5 TestInjectorDown,
-// 6 TestCertificateRotation, 7 TestNoLeaseRBAC.
+// 6 TestCertificateRotation, 7 TestNoLeaseRBAC, 8 TestAPITroubleKeepsPodsReady (issue 17).
 package product
 
 import (

@@ -76,6 +76,10 @@ func (b *Bench) reportLoad(r loadResult) {
 		Ours: F(PerMinute(r.ourWaiters.Total(), w) / float64(r.waiters)), Baseline: F(PerMinute(r.baseWaiter.Total(), w) / float64(r.waiters)),
 		Note: fmt.Sprintf("each waiter in its own side-car (ours) or its own client-go candidate; ours by verb %v, baseline %v",
 			verbsPerMinute(r.ourWaiters, w, r.waiters), verbsPerMinute(r.baseWaiter, w, r.waiters))})
+	b.Report.Add(Metric{ID: "load-idle", Section: secLoad, Name: "idle Pod (side-car without sessions, probed like the kubelet): API requests/min", Unit: "req/min",
+		Ours: F(PerMinute(r.ourIdle.Total(), w)),
+		Note: fmt.Sprintf("%d probes (/readyz every 5 s, /healthz every 10 s, as injected), %d answered 200; by verb %v; no baseline: client-go has no side-car",
+			r.probesSent, r.probesAnswered, verbsPerMinute(r.ourIdle, w, 1))})
 }
 
 func verbCounts(c Counts) string {

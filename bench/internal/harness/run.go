@@ -176,6 +176,7 @@ func Targets() []Target {
 		{ID: "handoff-p50", Text: "handoff p50 ≤ 15 ms", MetricID: "handoff-p50", Op: "<=", Goal: 15, Unit: "ms"},
 		{ID: "handoff-ratio", Text: "handoff ≥ 50× faster than the baseline (p50)", MetricID: "handoff-p50", OnRatio: true, Op: ">=", Goal: 50},
 		{ID: "waiter-requests", Text: "0 requests per waiting candidate per minute (watch only)", MetricID: "load-waiter", Op: "<=", Goal: 0, Unit: "req/min"},
+		{ID: "idle-requests", Text: "0 API requests per idle Pod per minute, its probes included", MetricID: "load-idle", Op: "<=", Goal: 0, Unit: "req/min"},
 		{ID: "holder-writes", Text: "≤ 12 writes per held lock per minute at default timings", MetricID: "load-holder-writes", Op: "<=", Goal: 12, Unit: "writes/min"},
 		{ID: "admission-p99", Text: "admission p99 ≤ 2 ms (handler, one core)", MetricID: "admission-handler-p99", Op: "<=", Goal: 2, Unit: "ms"},
 		{ID: "rss-idle", Text: "side-car RSS ≤ 20 MiB idle", MetricID: "footprint-idle", Op: "<=", Goal: 20, Unit: "MiB"},

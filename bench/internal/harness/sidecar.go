@@ -56,6 +56,23 @@ func (b *Bench) StartSidecar(ctx context.Context, ns, pod string, counter *Count
 	return s, nil
 }
 
+// ServeHealth serves the side-car's health port (/healthz, /readyz, /metrics) on a loopback
+// port, as the elector binary does for the kubelet, until the side-car stops; it returns its
+// base URL.
+func (s *Sidecar) ServeHealth() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	hs := &http.Server{Handler: server.NewHealthHandler(s.Engine, s.reg), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	go func() {
+		<-s.Engine.Done()
+		_ = hs.Close()
+	}()
+	return "http://" + ln.Addr().String(), nil
+}
+
 // Client returns a new SDK client of the side-car: a new session, as one application process.
 func (s *Sidecar) Client() *sdk.Client {
 	c, err := sdk.NewClient(sdk.WithAddress(s.Addr), sdk.WithRetryTimeout(5*time.Second))
