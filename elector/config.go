@@ -1,6 +1,7 @@
 package elector
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -29,7 +30,9 @@ type Config struct {
 	PodName string
 	// Namespace is the Pod's namespace, where the Leases live. Required.
 	Namespace string
-	// PodUID is the Pod's UID. Optional; it is only logged, to tell apart Pods that reuse a name.
+	// PodUID is the Pod's UID. Optional. It is logged, to tell apart Pods that reuse a name, and
+	// lets a restarted side-car release the holds its Pod's previous side-car left at once
+	// (without it they expire after the lease duration, as when the whole Pod dies).
 	PodUID string
 
 	// ListenAddress is where the lock API listens. It must be a loopback address: the API is
@@ -57,6 +60,45 @@ type Config struct {
 	// their next request (the original protocol) with SessionOptions.OutlivesShutdown. Default
 	// classic, the safe choice for a side-car listed by hand.
 	Mode string
+
+	// Limits bound what one side-car keeps for its Pod's processes, so that a runaway client
+	// cannot grow it until it is OOM-killed (which would cost every hold of the Pod). A request
+	// beyond a limit changes nothing and is refused with wire.CodeTooMany (HTTP 429). Zero
+	// means the default; a negative value is refused.
+	Limits Limits
+}
+
+// Limits are the side-car's caps (Config.Limits). The holds of a side-car are bounded by
+// MaxSessions × MaxNamesPerSession, and its event streams by MaxSessions (one per session).
+type Limits struct {
+	// MaxSessions bounds the open sessions. Default DefaultMaxSessions.
+	MaxSessions int
+	// MaxNamesPerSession bounds the names one session holds, waits for or stands in at once.
+	// Default DefaultMaxNamesPerSession.
+	MaxNamesPerSession int
+	// MaxPendingAcquires bounds the lock acquires waiting at once, over all sessions. Default
+	// DefaultMaxPendingAcquires.
+	MaxPendingAcquires int
+	// MaxWatches bounds the lock and election watch streams open at once. Default
+	// DefaultMaxWatches.
+	MaxWatches int
+}
+
+// Default limits: far above what one Pod's processes use, far below what would exhaust a
+// side-car's 64 MiB memory limit.
+const (
+	DefaultMaxSessions        = 1024
+	DefaultMaxNamesPerSession = 1024
+	DefaultMaxPendingAcquires = 4096
+	DefaultMaxWatches         = 1024
+)
+
+func (l Limits) withDefaults() Limits {
+	l.MaxSessions = cmp.Or(l.MaxSessions, DefaultMaxSessions)
+	l.MaxNamesPerSession = cmp.Or(l.MaxNamesPerSession, DefaultMaxNamesPerSession)
+	l.MaxPendingAcquires = cmp.Or(l.MaxPendingAcquires, DefaultMaxPendingAcquires)
+	l.MaxWatches = cmp.Or(l.MaxWatches, DefaultMaxWatches)
+	return l
 }
 
 // Timing returns c's Lease timing.
@@ -80,6 +122,7 @@ func (c Config) withDefaults() Config {
 	if c.Mode == "" {
 		c.Mode = contract.ModeClassic
 	}
+	c.Limits = c.Limits.withDefaults()
 	return c
 }
 
@@ -117,6 +160,15 @@ func (c Config) Validate() error {
 	}
 	if c.Mode != contract.ModeNative && c.Mode != contract.ModeClassic {
 		bad("mode %q must be %q (an init container with restartPolicy Always) or %q (a regular container)", c.Mode, contract.ModeNative, contract.ModeClassic)
+	}
+	for _, l := range []struct {
+		name string
+		v    int
+	}{{"max sessions", c.Limits.MaxSessions}, {"max names per session", c.Limits.MaxNamesPerSession},
+		{"max pending acquires", c.Limits.MaxPendingAcquires}, {"max watches", c.Limits.MaxWatches}} {
+		if l.v < 0 {
+			bad("%s %d must be positive (0 means the default)", l.name, l.v)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -67,8 +67,8 @@ func (n *nameState) join(s *session, now time.Time) error {
 	if n.candidate(s) != nil {
 		return nil
 	}
-	if !s.addInterest(n) {
-		return s.endErr()
+	if err := s.addInterest(n); err != nil {
+		return err
 	}
 	n.queue = append(n.queue, &contender{s: s, since: now})
 	n.e.log.Info("candidate joined", "kind", n.kind, "name", n.name, "lease", n.lease, "session", s.id)

@@ -78,6 +78,9 @@ type Engine struct {
 	smu      sync.Mutex // protects sessions
 	sessions map[string]*session
 
+	pending atomic.Int64 // lock waiters not yet answered, for Limits.MaxPendingAcquires
+	watches atomic.Int64 // open Watch streams, for Limits.MaxWatches
+
 	imu    sync.Mutex        // protects issued; taken last, never while taking another lock
 	issued map[string]uint64 // by Lease name: the highest token this side-car has granted
 }
@@ -157,6 +160,17 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 		cancel()
 		return nil, err
 	}
+	// The cache keeps what the Engine reads and writes back. managedFields, most of a Lease's
+	// bytes, go: the API server keeps a Lease's own when an Update omits them.
+	if err := e.informer.SetTransform(func(obj any) (any, error) {
+		if l, ok := obj.(*coordinationv1.Lease); ok {
+			l.ManagedFields = nil
+		}
+		return obj, nil
+	}); err != nil {
+		cancel()
+		return nil, err
+	}
 	if err := e.informer.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
 		rv := e.informer.LastSyncResourceVersion()
 		e.hmu.Lock()
@@ -203,6 +217,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		return errors.New("the Lease informer did not sync before the side-car stopped")
 	}
 	e.noteWatch()
+	e.freeOwnDeadHolds(ctx)
 	e.synced.Store(true)
 	go e.reportHealth()
 	e.log.Info("Lease informer synced; serving", "leaseDuration", e.cfg.LeaseDuration,

@@ -11,6 +11,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/metaparticle-io/sync/elector/internal/leasefake"
 	"github.com/metaparticle-io/sync/internal/contract"
@@ -964,6 +965,24 @@ func TestReleaseGrant(t *testing.T) {
 		b.settle()
 		if holder, _ := b.observed(wire.KindLock, "x"); holder != "" {
 			t.Errorf("holder after ReleaseGrant: got %q; want none (released at once)", holder)
+		}
+	})
+}
+
+// The Lease cache drops managedFields, which the Engine never reads.
+func TestCacheDropsManagedFields(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := leasefake.New(t)
+		l := foreignLease(wire.KindLock, "x", "pod-z/0123", time.Minute)
+		l.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationUpdate}}
+		api.Put(l)
+		b := newBed(t, "pod-a", api, nil)
+		objs := b.e.informer.GetStore().List()
+		if len(objs) != 1 {
+			t.Fatalf("cached Leases: got %d; want 1", len(objs))
+		}
+		if got := objs[0].(*coordinationv1.Lease).ManagedFields; got != nil {
+			t.Errorf("cached managedFields: got %v; want none", got)
 		}
 	})
 }

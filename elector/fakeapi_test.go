@@ -60,6 +60,12 @@ var epoch = time.Date(2030, 5, 1, 12, 0, 0, 0, time.UTC)
 // belong to; api, if given, must be made there too.
 func newBed(t *testing.T, pod string, api *leasefake.API, clk *testingclock.FakeClock) *bed {
 	t.Helper()
+	return newBedWith(t, Config{PodName: pod}, api, clk)
+}
+
+// newBedWith is newBed with a Config (its Namespace is set to the bed's).
+func newBedWith(t *testing.T, cfg Config, api *leasefake.API, clk *testingclock.FakeClock) *bed {
+	t.Helper()
 	if api == nil {
 		api = leasefake.New(t)
 	}
@@ -67,7 +73,8 @@ func newBed(t *testing.T, pod string, api *leasefake.API, clk *testingclock.Fake
 		clk = testingclock.NewFakeClock(epoch)
 	}
 	reg := prometheus.NewRegistry()
-	e, err := NewEngine(Config{PodName: pod, Namespace: testNS}, api.Leases(testNS), Options{Clock: clk, Registerer: reg, Log: leasefake.Logger(t)})
+	cfg.Namespace = testNS
+	e, err := NewEngine(cfg, api.Leases(testNS), Options{Clock: clk, Registerer: reg, Log: leasefake.Logger(t)})
 	if err != nil {
 		t.Fatalf("NewEngine: got %v; want nil", err)
 	}

@@ -104,6 +104,7 @@ func renewLease(base *coordinationv1.Lease, now time.Time, d time.Duration) *coo
 // releaseLease returns base with the holder cleared, so that the next contender can take it at
 // once. The token annotation stays: it records the last grant. base must be a copy.
 func releaseLease(base *coordinationv1.Lease, now time.Time) *coordinationv1.Lease {
+	delete(base.Annotations, contract.AnnotationPodUID)
 	base.Spec.HolderIdentity = nil
 	base.Spec.AcquireTime = nil
 	base.Spec.RenewTime = &metav1.MicroTime{Time: now}

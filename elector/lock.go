@@ -93,11 +93,15 @@ func (n *nameState) enqueueLock(s *session, try bool, now time.Time) (*contender
 		n.e.m.waits.WithLabelValues(string(n.kind), "failed").Inc()
 		return nil, wire.Errorf(wire.CodeNotAcquired, "lock %q is held or awaited by another session of this Pod", n.name)
 	}
-	if !s.addInterest(n) {
-		return nil, s.endErr()
+	if max := n.e.cfg.Limits.MaxPendingAcquires; n.e.pending.Load() >= int64(max) {
+		return nil, wire.Errorf(wire.CodeTooMany, "the side-car has %d lock acquires waiting, its limit (--max-pending-acquires): try again later, or raise the limit", max)
+	}
+	if err := s.addInterest(n); err != nil {
+		return nil, err
 	}
 	c := &contender{s: s, since: now, try: try, reply: make(chan acquireResult, 1)}
 	n.queue = append(n.queue, c)
+	n.e.pending.Add(1)
 	n.wake()
 	return c, nil
 }
@@ -108,6 +112,7 @@ func (n *nameState) answer(c *contender, g wire.Grant, err error, result string)
 		return
 	}
 	c.answered = true
+	n.e.pending.Add(-1)
 	c.reply <- acquireResult{grant: g, err: err}
 	n.queue = slices.DeleteFunc(n.queue, func(x *contender) bool { return x == c })
 	n.e.m.waits.WithLabelValues(string(n.kind), result).Inc()

@@ -26,6 +26,7 @@ type metrics struct {
 	renewFailures *prometheus.CounterVec
 	losses        *prometheus.CounterVec
 	regressions   prometheus.Counter
+	restartFrees  prometheus.Counter
 }
 
 // Loss reasons, the values of the "reason" label of losses_total.
@@ -68,9 +69,13 @@ func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 			Namespace: ns, Name: "resource_version_regressions_total",
 			Help: "Lease versions whose resourceVersion went below the one they replaced: the API server's storage was restored from a backup.",
 		}),
+		restartFrees: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "restart_releases_total",
+			Help: "Holds of this Pod's previous side-car (same Pod UID) released when this one started.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.grants, m.waits, m.waitTime, m.renewTime, m.renewFailures, m.losses, m.regressions, &gauges{e: e})
+		reg.MustRegister(m.grants, m.waits, m.waitTime, m.renewTime, m.renewFailures, m.losses, m.regressions, m.restartFrees, &gauges{e: e})
 	}
 	return m
 }

@@ -101,6 +101,11 @@ func (e *Engine) OpenSessionWith(req wire.OpenSessionRequest, opts SessionOption
 		e.dmu.Unlock()
 		return wire.Session{}, wire.Errorf(wire.CodeShuttingDown, "the side-car is shutting down")
 	}
+	if max := e.cfg.Limits.MaxSessions; len(e.sessions) >= max {
+		e.smu.Unlock()
+		e.dmu.Unlock()
+		return wire.Session{}, wire.Errorf(wire.CodeTooMany, "the side-car has %d sessions open, its limit (--max-sessions): close the sessions that are not used, or raise the limit", max)
+	}
 	e.sessions[id] = s
 	e.smu.Unlock()
 	e.tellDegraded(s)
@@ -332,16 +337,21 @@ func (n *nameState) sessionEnded(s *session) {
 	n.wake()
 }
 
-// addInterest records that s waits, holds or stands in n. It reports false when s has ended, in
-// which case the caller must not register anything for s.
-func (s *session) addInterest(n *nameState) bool {
+// addInterest records that s waits, holds or stands in n. It fails when s has ended or would use
+// more names than Limits.MaxNamesPerSession, in which case the caller must not register
+// anything for s.
+func (s *session) addInterest(n *nameState) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.ended {
-		return false
+		s.mu.Unlock()
+		return s.endErr()
+	}
+	defer s.mu.Unlock()
+	if max := n.e.cfg.Limits.MaxNamesPerSession; !s.interests[n] && len(s.interests) >= max {
+		return wire.Errorf(wire.CodeTooMany, "session %s already holds, waits for or stands in %d names, its limit (--max-names-per-session): release some, or use another session", s.id, max)
 	}
 	s.interests[n] = true
-	return true
+	return nil
 }
 
 // dropInterest forgets n.

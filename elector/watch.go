@@ -44,6 +44,11 @@ func (e *Engine) Watch(ctx context.Context, kind wire.Kind, name string, emit fu
 	if err := e.accepting(); err != nil {
 		return err
 	}
+	if max := e.cfg.Limits.MaxWatches; e.watches.Add(1) > int64(max) {
+		e.watches.Add(-1)
+		return wire.Errorf(wire.CodeTooMany, "the side-car has %d watches open, its limit (--max-watches): close some, or raise the limit", max)
+	}
+	defer e.watches.Add(-1)
 	n, err := e.lockName(kind, name)
 	if err != nil {
 		return err

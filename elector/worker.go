@@ -285,6 +285,7 @@ func (n *nameState) do(a *action) result {
 		// knows: create with the holder set, then stamp the token with a conditional Update.
 		// The grant counts only once both succeeded.
 		l := newLease(cfg.Namespace, n.lease, n.kind, n.name, a.c.s.holder, a.start, cfg.LeaseDuration)
+		n.e.stampPod(l, a.c.s)
 		created, err := leases.Create(ctx, l, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			// The informer knows no Lease of that name, yet one exists: either the informer
@@ -320,6 +321,7 @@ func (n *nameState) do(a *action) result {
 		}
 		token := rv + 1
 		l := takeLease(a.base, n.kind, n.name, a.c.s.holder, token, a.start, cfg.LeaseDuration)
+		n.e.stampPod(l, a.c.s)
 		updated, err := leases.Update(ctx, l, metav1.UpdateOptions{})
 		return result{obj: updated, token: token, err: err}
 	case opRenew:

@@ -352,6 +352,7 @@ const (
 	CodeNotHeld         ErrorCode = "not_held"           // 409: release of a lock not held
 	CodeForeignLease    ErrorCode = "foreign_lease"      // 409: the name's Lease exists but is not managed by the side-car
 	CodeTooLarge        ErrorCode = "too_large"          // 413: body over MaxRequestBytes
+	CodeTooMany         ErrorCode = "too_many"           // 429: a limit of the side-car (sessions, names per session, pending acquires, watches)
 	CodeUnsupportedType ErrorCode = "unsupported_media"  // 415: not application/json
 	CodeShuttingDown    ErrorCode = "shutting_down"      // 503: side-car is stopping
 	CodeUnavailable     ErrorCode = "unavailable"        // 503: API server unreachable, not ready

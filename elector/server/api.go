@@ -243,6 +243,8 @@ func statusOf(code wire.ErrorCode) int {
 		return http.StatusConflict
 	case wire.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
+	case wire.CodeTooMany:
+		return http.StatusTooManyRequests
 	case wire.CodeUnsupportedType:
 		return http.StatusUnsupportedMediaType
 	case wire.CodeShuttingDown, wire.CodeUnavailable, wire.CodeForbidden:

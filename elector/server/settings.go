@@ -61,7 +61,8 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 		"`name` of this Pod's namespace (downward API metadata.namespace); the Leases live there.\n"+
 			"Default: the service account's namespace file."))
 	fs.StringVar(&s.PodUID, "pod-uid", "", usage("pod-uid", contract.EnvPodUID,
-		"`uid` of this Pod (downward API metadata.uid). Optional; only logged."))
+		"`uid` of this Pod (downward API metadata.uid). Optional. With it, a restarted side-car\n"+
+			"releases at once the holds its Pod's previous side-car left; without it they expire."))
 	fs.StringVar(&s.ListenAddress, "listen", "", usage("listen", wire.EnvAddress,
 		"`host:port` of the lock API. Loopback only (127.0.0.1, ::1 or localhost): anyone who\n"+
 			"reaches it may open sessions. Default "+wire.DefaultAddress+"."))
@@ -90,6 +91,14 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 		fmt.Sprintf("Requests per second the side-car may send to the API server (sustained). Default %d.", DefaultKubeAPIQPS)))
 	fs.IntVar(&s.KubeAPIBurst, "kube-api-burst", 0, usage("kube-api-burst", contract.EnvKubeAPIBurst,
 		fmt.Sprintf("Requests the side-car may send to the API server in a burst. Default %d.", DefaultKubeAPIBurst)))
+	fs.IntVar(&s.Limits.MaxSessions, "max-sessions", 0, usage("max-sessions", contract.EnvMaxSessions,
+		fmt.Sprintf("Sessions open at once (each with at most one event stream); beyond it 429 too_many.\nDefault %d.", elector.DefaultMaxSessions)))
+	fs.IntVar(&s.Limits.MaxNamesPerSession, "max-names-per-session", 0, usage("max-names-per-session", contract.EnvMaxNamesPerSession,
+		fmt.Sprintf("Names one session holds, waits for or stands in at once; beyond it 429 too_many.\nDefault %d.", elector.DefaultMaxNamesPerSession)))
+	fs.IntVar(&s.Limits.MaxPendingAcquires, "max-pending-acquires", 0, usage("max-pending-acquires", contract.EnvMaxPendingAcquires,
+		fmt.Sprintf("Lock acquires waiting at once, over all sessions; beyond it 429 too_many. Default %d.", elector.DefaultMaxPendingAcquires)))
+	fs.IntVar(&s.Limits.MaxWatches, "max-watches", 0, usage("max-watches", contract.EnvMaxWatches,
+		fmt.Sprintf("Lock and election watch streams open at once; beyond it 429 too_many. Default %d.", elector.DefaultMaxWatches)))
 	fs.StringVar(&s.Kubeconfig, "kubeconfig", "", usage("kubeconfig", "KUBECONFIG",
 		"Kubeconfig `file`, to run outside a cluster. Default: the in-cluster service account."))
 	fs.IntVar(&s.LogLevel, "v", 0, usage("v", contract.EnvLogLevel,

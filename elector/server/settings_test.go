@@ -33,6 +33,9 @@ func TestParseSettings(t *testing.T) {
 		{"flags win over environment", []string{"--pod-name=flag", "--lease-duration", "30s", "-v=1"},
 			map[string]string{contract.EnvPodName: "env", contract.EnvLeaseDuration: "20s", contract.EnvLogLevel: "3"},
 			Settings{Config: elector.Config{PodName: "flag", LeaseDuration: 30 * time.Second}, LogLevel: 1}, ""},
+		{"limits", []string{"--max-sessions=8", "--max-watches", "3"},
+			map[string]string{contract.EnvMaxNamesPerSession: "5", contract.EnvMaxPendingAcquires: "7", contract.EnvMaxSessions: "9"},
+			Settings{Config: elector.Config{Limits: elector.Limits{MaxSessions: 8, MaxNamesPerSession: 5, MaxPendingAcquires: 7, MaxWatches: 3}}}, ""},
 		{"bad duration flag", []string{"--renew-period=5"}, nil, Settings{}, `invalid value "5" for flag -renew-period`},
 		{"bad duration variable", nil, map[string]string{contract.EnvRetryPeriod: "soon"}, Settings{}, contract.EnvRetryPeriod},
 		{"bad level", nil, map[string]string{contract.EnvLogLevel: "loud"}, Settings{}, contract.EnvLogLevel + `="loud": invalid value for --v`},
@@ -64,7 +67,8 @@ func TestHelpNamesEveryVariable(t *testing.T) {
 		t.Fatalf("ParseSettings(--help): got %v; want flag.ErrHelp", err)
 	}
 	for _, want := range []string{contract.EnvPodName, contract.EnvPodNamespace, contract.EnvPodUID, wire.EnvAddress, contract.EnvHealthAddress, contract.EnvLeaseDuration,
-		contract.EnvRenewDeadline, contract.EnvRenewPeriod, contract.EnvRetryPeriod, contract.EnvShutdownTimeout, contract.EnvLogLevel, "--lease-duration", "Default 15s"} {
+		contract.EnvRenewDeadline, contract.EnvRenewPeriod, contract.EnvRetryPeriod, contract.EnvShutdownTimeout, contract.EnvLogLevel, contract.EnvMaxSessions, contract.EnvMaxNamesPerSession,
+		contract.EnvMaxPendingAcquires, contract.EnvMaxWatches, "--lease-duration", "Default 15s"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("got --help without %s; want it mentioned", want)
 		}

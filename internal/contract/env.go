@@ -19,6 +19,11 @@ const (
 	EnvKubeAPIQPS      = "METAPARTICLE_SYNC_KUBE_API_QPS"
 	EnvKubeAPIBurst    = "METAPARTICLE_SYNC_KUBE_API_BURST"
 	EnvMode            = "METAPARTICLE_SYNC_MODE"
+
+	EnvMaxSessions        = "METAPARTICLE_SYNC_MAX_SESSIONS"
+	EnvMaxNamesPerSession = "METAPARTICLE_SYNC_MAX_NAMES_PER_SESSION"
+	EnvMaxPendingAcquires = "METAPARTICLE_SYNC_MAX_PENDING_ACQUIRES"
+	EnvMaxWatches         = "METAPARTICLE_SYNC_MAX_WATCHES"
 )
 
 // How the side-car runs in its Pod (EnvMode), which decides what its shutdown may release.

@@ -17,9 +17,9 @@ import (
 	"github.com/metaparticle-io/sync/sdk"
 )
 
-// failoverResult holds the samples of the three crash scenarios.
+// failoverResult holds the samples of the four crash scenarios.
 type failoverResult struct {
-	sidecarKilled, appKilled, baselineKilled []time.Duration
+	sidecarKilled, sidecarRestarted, appKilled, baselineKilled []time.Duration
 }
 
 // failover runs k samples of each crash scenario, all at once (each takes about a lease
@@ -47,8 +47,9 @@ func (b *Bench) failover(ctx context.Context, k int) (failoverResult, error) {
 		*dst = append(*dst, d)
 	}
 	for i := 0; i < k; i++ {
-		wg.Add(3)
+		wg.Add(4)
 		go run(&res.sidecarKilled, func(i int) (time.Duration, error) { return b.sidecarKilled(ctx, ns, i) }, i)
+		go run(&res.sidecarRestarted, func(i int) (time.Duration, error) { return b.sidecarRestarted(ctx, ns, i) }, i)
 		go run(&res.appKilled, func(i int) (time.Duration, error) { return b.appKilled(ctx, ns, i) }, i)
 		go run(&res.baselineKilled, func(i int) (time.Duration, error) { return b.candidateKilled(ctx, ns, i) }, i)
 	}
@@ -131,6 +132,44 @@ func (b *Bench) sidecarKilled(ctx context.Context, ns string, i int) (time.Durat
 		b.Anomaly("failover: %s was taken over %s after its side-car died, before its Lease could have expired", name, d.Round(time.Millisecond))
 	}
 	return d, err
+}
+
+// sidecarRestarted: the holder's side-car, which knows its Pod's UID as an injected one does,
+// dies without releasing and a new one of the same Pod starts at once (the kubelet's restart,
+// without its delay of about a second): it releases the dead side-car's hold when it starts, and
+// the waiter on another side-car takes over.
+func (b *Bench) sidecarRestarted(ctx context.Context, ns string, i int) (time.Duration, error) {
+	name := fmt.Sprintf("restart-sidecar-%d", i)
+	cfg := elector.Config{PodUID: fmt.Sprintf("uid-%s-a", name)}
+	holder, err := b.StartSidecar(ctx, ns, name+"-a", nil, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer holder.Stop()
+	waiter, err := b.StartSidecar(ctx, ns, name+"-b", nil, elector.Config{})
+	if err != nil {
+		return 0, err
+	}
+	defer waiter.Stop()
+	hc := holder.Client()
+	defer hc.Close()
+	if err := hc.NewLock(name).Acquire(ctx); err != nil {
+		return 0, err
+	}
+	wc, got, err := waiterOn(ctx, waiter, name)
+	if err != nil {
+		return 0, err
+	}
+	defer wc.Close()
+	time.Sleep(time.Second + rand.N(contract.DefaultRenewPeriod))
+	t0 := time.Now()
+	holder.Kill()
+	again, err := b.StartSidecar(ctx, ns, name+"-a", nil, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer again.Stop()
+	return awaitTakeover(got, t0, "side-car restarted")
 }
 
 // appKilled: the holder's application process is killed (SIGKILL) while its side-car lives; the

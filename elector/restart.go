@@ -1,0 +1,97 @@
+package elector
+
+import (
+	"context"
+	"strings"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+
+	"github.com/metaparticle-io/sync/internal/contract"
+)
+
+// A restarted side-car frees its own Pod's dead holds at once.
+//
+// When a side-car crashes (or is OOM-killed, or fails its liveness probe) the kubelet restarts
+// it within a second or two, but no session survives a side-car: the holds of its dead sessions
+// would block every other Pod for the whole lease duration. So every grant to a session of
+// version 1 of the API names the Pod's UID on the Lease (contract.AnnotationPodUID), and a
+// side-car, when it starts and before it serves, releases every Lease still held by its own
+// Pod, that is by the same Pod name and the same UID.
+//
+// Why it is safe: a version-1 client learns of its side-car's death from its event stream,
+// which the kernel closes when the process dies, so it was told its holds were lost before the
+// new process could even start; a compliant client ends the session when the stream breaks
+// (docs/api.md, "Writing a client"). Not freed early:
+//   - holds of a Pod of the same name with another UID (a StatefulSet Pod recreated elsewhere,
+//     whose predecessor may still run on a partitioned node): they expire after the lease
+//     duration;
+//   - holds of legacy sessions (SessionOptions.OutlivesShutdown), whose clients learn of a
+//     loss only in the answer to their next request;
+//   - holds when Config.PodUID is empty (a side-car started by hand without it).
+//
+// The release is a conditional Update, as any release: it cannot undo a write it did not see.
+
+// stampPod marks Lease l, about to be granted to s, as releasable by this Pod's next side-car,
+// or unmarks it when s's client cannot learn of a side-car's death at once.
+func (e *Engine) stampPod(l *coordinationv1.Lease, s *session) {
+	if e.cfg.PodUID != "" && !s.opts.OutlivesShutdown {
+		if l.Annotations == nil {
+			l.Annotations = map[string]string{}
+		}
+		l.Annotations[contract.AnnotationPodUID] = e.cfg.PodUID
+		return
+	}
+	delete(l.Annotations, contract.AnnotationPodUID)
+}
+
+// ownDeadHold reports whether l is held by a session of this Pod's previous side-car: at start
+// no session of this one exists yet.
+func (e *Engine) ownDeadHold(l *coordinationv1.Lease) bool {
+	if e.cfg.PodUID == "" || l.Annotations[contract.AnnotationPodUID] != e.cfg.PodUID {
+		return false
+	}
+	pod, _, ok := strings.Cut(holderOf(l), "/")
+	return ok && pod == e.cfg.PodName
+}
+
+// freeOwnDeadHolds releases, once the informer has synced and before the Engine serves, every
+// Lease that ownDeadHold names. A release that fails is logged and left: that hold expires
+// after its lease duration, as before.
+func (e *Engine) freeOwnDeadHolds(ctx context.Context) {
+	for _, obj := range e.informer.GetStore().List() {
+		if l, ok := obj.(*coordinationv1.Lease); ok && e.ownDeadHold(l) {
+			e.freeDeadHold(ctx, l)
+		}
+	}
+}
+
+func (e *Engine) freeDeadHold(ctx context.Context, l *coordinationv1.Lease) {
+	log := e.log.WithValues("lease", l.Name, "name", l.Annotations[contract.AnnotationName], "holder", holderOf(l), "token", tokenOf(l))
+	for range 3 {
+		_, err := e.leases.Update(ctx, releaseLease(l.DeepCopy(), e.clock.Now()), metav1.UpdateOptions{})
+		e.noteWrite(err)
+		if err == nil {
+			e.m.restartFrees.Inc()
+			log.Info("released a hold of this Pod's previous side-car, whose sessions ended with it")
+			return
+		}
+		if !apierrors.IsConflict(err) {
+			log.Error(err, "could not release a hold of this Pod's previous side-car; it expires after its lease duration")
+			return
+		}
+		// Written meanwhile: by the previous side-car's last renewal, in flight when it died,
+		// or by another Pod's takeover. Look again.
+		list, err := e.leases.List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", l.Name).String()})
+		if err != nil || len(list.Items) != 1 {
+			log.Error(err, "could not read a Lease of this Pod's previous side-car again; it expires after its lease duration")
+			return
+		}
+		if l = &list.Items[0]; !e.ownDeadHold(l) {
+			return
+		}
+	}
+	log.Info("gave up releasing a hold of this Pod's previous side-car after three conflicts; it expires after its lease duration")
+}
