@@ -2,6 +2,7 @@ package elector
 
 import (
 	"context"
+	"slices"
 	"strings"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -85,11 +86,16 @@ func (e *Engine) freeDeadHold(ctx context.Context, l *coordinationv1.Lease) {
 		// Written meanwhile: by the previous side-car's last renewal, in flight when it died,
 		// or by another Pod's takeover. Look again.
 		list, err := e.leases.List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", l.Name).String()})
-		if err != nil || len(list.Items) != 1 {
+		if err != nil {
 			log.Error(err, "could not read a Lease of this Pod's previous side-car again; it expires after its lease duration")
 			return
 		}
-		if l = &list.Items[0]; !e.ownDeadHold(l) {
+		name := l.Name
+		i := slices.IndexFunc(list.Items, func(x coordinationv1.Lease) bool { return x.Name == name })
+		if i < 0 {
+			return // deleted meanwhile
+		}
+		if l = &list.Items[i]; !e.ownDeadHold(l) {
 			return
 		}
 	}

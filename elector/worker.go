@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/metaparticle-io/sync/internal/contract"
@@ -103,10 +104,16 @@ func (n *nameState) refuse(err error, now time.Time) {
 // the side-car's Role grants list, not get.
 func (n *nameState) foreign(ctx context.Context, exists error) error {
 	list, err := n.e.leases.List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + n.lease})
-	if err != nil || len(list.Items) == 0 {
+	if err != nil {
 		return exists
 	}
-	l := &list.Items[0]
+	// Look for the name in the answer rather than trust the field selector: a client or fake
+	// that ignores it answers with every Lease.
+	i := slices.IndexFunc(list.Items, func(l coordinationv1.Lease) bool { return l.Name == n.lease })
+	if i < 0 {
+		return exists
+	}
+	l := &list.Items[i]
 	if l.Labels[contract.LabelManagedBy] == contract.ManagedByValue && l.Labels[contract.LabelKind] == string(n.kind) {
 		return exists
 	}
