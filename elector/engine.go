@@ -31,6 +31,11 @@ type Options struct {
 	Log logr.Logger
 	// Registerer receives the Engine's metrics. Default: nil, no metrics are registered.
 	Registerer prometheus.Registerer
+	// Renewals, when set, serves the renewals and releases of held Leases, so that with a rate
+	// budget of its own they never wait behind new work (creates, takeovers, the informer's
+	// lists) in a storm of acquires. It must reach the same Leases as the Engine's LeaseClient.
+	// Default: that LeaseClient. NewEngineForConfig sets it.
+	Renewals LeaseClient
 }
 
 // Engine is the side-car's lock and election logic, independent of HTTP. It owns sessions, keeps
@@ -41,11 +46,12 @@ type Options struct {
 // Shutdown (orderly: releases every hold) or Halt (abrupt: releases nothing, as if the process
 // died). Methods return *wire.Error values for every failure a client can cause or see.
 type Engine struct {
-	cfg    Config
-	leases LeaseClient
-	clock  clock.WithTickerAndDelayedExecution
-	log    logr.Logger
-	m      *metrics
+	cfg      Config
+	leases   LeaseClient
+	renewals LeaseClient // renewals and releases (Options.Renewals)
+	clock    clock.WithTickerAndDelayedExecution
+	log      logr.Logger
+	m        *metrics
 
 	informer cache.SharedIndexInformer
 	synced   atomic.Bool
@@ -95,6 +101,12 @@ func NewEngineForConfig(cfg Config, rc *rest.Config, opts Options) (*Engine, err
 	if err != nil {
 		return nil, err
 	}
+	if opts.Renewals == nil {
+		// A client of its own: with rc's QPS and burst, but its own token bucket.
+		if opts.Renewals, err = NewLeaseClient(rc, cfg.Namespace); err != nil {
+			return nil, err
+		}
+	}
 	return NewEngine(cfg, leases, opts)
 }
 
@@ -115,10 +127,14 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 	if opts.Log.GetSink() == nil {
 		opts.Log = logr.Discard()
 	}
+	if opts.Renewals == nil {
+		opts.Renewals = leases
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Engine{
 		cfg:          cfg,
 		leases:       leases,
+		renewals:     opts.Renewals,
 		clock:        opts.Clock,
 		log:          opts.Log.WithValues("pod", cfg.PodName, "namespace", cfg.Namespace),
 		ctx:          ctx,

@@ -63,8 +63,9 @@ func newBed(t *testing.T, pod string, api *leasefake.API, clk *testingclock.Fake
 	return newBedWith(t, Config{PodName: pod}, api, clk)
 }
 
-// newBedWith is newBed with a Config (its Namespace is set to the bed's).
-func newBedWith(t *testing.T, cfg Config, api *leasefake.API, clk *testingclock.FakeClock) *bed {
+// newBedWith is newBed with a Config (its Namespace is set to the bed's) and changes to the
+// Engine's Options.
+func newBedWith(t *testing.T, cfg Config, api *leasefake.API, clk *testingclock.FakeClock, opts ...func(*Options)) *bed {
 	t.Helper()
 	if api == nil {
 		api = leasefake.New(t)
@@ -74,7 +75,11 @@ func newBedWith(t *testing.T, cfg Config, api *leasefake.API, clk *testingclock.
 	}
 	reg := prometheus.NewRegistry()
 	cfg.Namespace = testNS
-	e, err := NewEngine(cfg, api.Leases(testNS), Options{Clock: clk, Registerer: reg, Log: leasefake.Logger(t)})
+	o := Options{Clock: clk, Registerer: reg, Log: leasefake.Logger(t)}
+	for _, f := range opts {
+		f(&o)
+	}
+	e, err := NewEngine(cfg, api.Leases(testNS), o)
 	if err != nil {
 		t.Fatalf("NewEngine: got %v; want nil", err)
 	}

@@ -72,7 +72,7 @@ func (e *Engine) freeOwnDeadHolds(ctx context.Context) {
 func (e *Engine) freeDeadHold(ctx context.Context, l *coordinationv1.Lease) {
 	log := e.log.WithValues("lease", l.Name, "name", l.Annotations[contract.AnnotationName], "holder", holderOf(l), "token", tokenOf(l))
 	for range 3 {
-		_, err := e.leases.Update(ctx, releaseLease(l.DeepCopy(), e.clock.Now()), metav1.UpdateOptions{})
+		_, err := e.renewals.Update(ctx, releaseLease(l.DeepCopy(), e.clock.Now()), metav1.UpdateOptions{})
 		e.noteWrite(err)
 		if err == nil {
 			e.m.restartFrees.Inc()

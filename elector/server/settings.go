@@ -26,9 +26,10 @@ type Settings struct {
 	KubeAPIBurst int
 }
 
-// Default API server rate limits: a held lock costs 12 writes a minute at default timings, so
-// 50 requests a second serve about 250 held locks with room for grants and releases; raise them
-// for side-cars that hold more.
+// Default API server rate limits, each for two budgets: new work (creates, takeovers, the
+// informer's requests), and the renewals and releases of held Leases, which so never wait behind
+// new work. A held lock costs 12 renewals a minute at default timings, so 50 requests a second
+// renew about 250 held locks; raise them for side-cars that hold more.
 const (
 	DefaultKubeAPIQPS   = 50
 	DefaultKubeAPIBurst = 100
@@ -88,7 +89,8 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 			"classic mode a shutdown keeps each original-protocol hold until its client's next PUT\n"+
 			"(answered 409) or the end of its TTL. Default "+contract.ModeClassic+"."))
 	fs.IntVar(&s.KubeAPIQPS, "kube-api-qps", 0, usage("kube-api-qps", contract.EnvKubeAPIQPS,
-		fmt.Sprintf("Requests per second the side-car may send to the API server (sustained). Default %d.", DefaultKubeAPIQPS)))
+		fmt.Sprintf("Requests per second the side-car may send to the API server (sustained), for new\n"+
+			"work and, separately, for the renewals and releases of held Leases. Default %d.", DefaultKubeAPIQPS)))
 	fs.IntVar(&s.KubeAPIBurst, "kube-api-burst", 0, usage("kube-api-burst", contract.EnvKubeAPIBurst,
 		fmt.Sprintf("Requests the side-car may send to the API server in a burst. Default %d.", DefaultKubeAPIBurst)))
 	fs.IntVar(&s.Limits.MaxSessions, "max-sessions", 0, usage("max-sessions", contract.EnvMaxSessions,
