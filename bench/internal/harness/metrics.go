@@ -112,6 +112,18 @@ func verbsPerMinute(c Counts, w time.Duration, components int) string {
 	return s + "}"
 }
 
+func (b *Bench) reportStorm(ours, one stormRun) {
+	detail := map[string]any{"ours": ours, "oneBudget": one}
+	b.Report.Add(Metric{ID: "storm-lost", Section: secLoad, Name: fmt.Sprintf("%d held locks through %s of try-acquires of new names: holds lost", ours.held, ours.window), Unit: "holds",
+		Ours: F(float64(ours.lost)), Baseline: F(float64(one.lost)), Detail: detail,
+		Note: fmt.Sprintf("one side-car holds the locks (one session) while %d sessions of it try new names as fast as they can, then release; "+
+			"ours: renewals and releases have a rate budget of their own (%d tries, %d granted, %d failed; side-car losses %d); "+
+			"baseline: today's design before issue 17, one budget for all (%d tries, %d granted, %d failed; side-car losses %d)",
+			ours.stormers, ours.tries, ours.granted, ours.fails, ours.sidecarLost, one.tries, one.granted, one.fails, one.sidecarLost)})
+	b.Report.Add(Metric{ID: "storm-tries", Section: secLoad, Name: "try-acquires of new names during the storm", Unit: "tries",
+		Ours: F(float64(ours.tries)), Baseline: F(float64(one.tries))})
+}
+
 func (b *Bench) reportAdmission(r admissionResult) {
 	detail := map[string]any{"handler": r.handler, "handlerCPU": r.handlerCPU, "handlerThroughputPerSecond": r.handlerThroughput,
 		"podCreateWithWebhook": r.podWith, "podCreateExcludedNamespace": r.podWithout, "podCreateNotOptedIn": r.podNotOptedIn}

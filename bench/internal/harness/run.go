@@ -30,15 +30,19 @@ type sizes struct {
 	scale                 int // candidates
 	launches, manyLocks   int
 	settle                time.Duration
+	stormHeld, stormers   int // locks held through the storm; goroutines trying new names
+	stormWindow           time.Duration
 }
 
 func (b *Bench) sizes() sizes {
 	if b.Quick {
 		return sizes{handoffs: 40, basePairs: 10, baseRounds: 2, crashes: 2, loadWindow: 10 * time.Second, loadWaiters: 2,
-			handlerFor: time.Second, pods: 30, scale: 25, launches: 2, manyLocks: 100, settle: time.Second}
+			handlerFor: time.Second, pods: 30, scale: 25, launches: 2, manyLocks: 100, settle: time.Second,
+			stormHeld: 50, stormers: 4, stormWindow: 15 * time.Second}
 	}
 	return sizes{handoffs: 250, basePairs: 20, baseRounds: 10, crashes: 5, loadWindow: time.Minute, loadWaiters: 2,
-		handlerFor: 5 * time.Second, pods: 150, scale: 100, launches: 5, manyLocks: 1000, settle: 2 * time.Second}
+		handlerFor: 5 * time.Second, pods: 150, scale: 100, launches: 5, manyLocks: 1000, settle: 2 * time.Second,
+		stormHeld: 300, stormers: 8, stormWindow: time.Minute}
 }
 
 // Run starts the control plane, runs every benchmark and returns the report. A benchmark that
@@ -148,6 +152,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		b.reportScale(ours, base)
 		return nil
 	})
+	phase(fmt.Sprintf("%d held locks through a storm of try-acquires", sz.stormHeld), func() error {
+		ours, one, err := b.storm(ctx, sz.stormHeld, sz.stormers, sz.stormWindow)
+		if err == nil {
+			b.reportStorm(ours, one)
+		}
+		return err
+	})
 	phase("side-car footprint", func() error {
 		if buildErr != nil {
 			return buildErr
@@ -177,6 +188,7 @@ func Targets() []Target {
 		{ID: "handoff-ratio", Text: "handoff ≥ 50× faster than the baseline (p50)", MetricID: "handoff-p50", OnRatio: true, Op: ">=", Goal: 50},
 		{ID: "waiter-requests", Text: "0 requests per waiting candidate per minute (watch only)", MetricID: "load-waiter", Op: "<=", Goal: 0, Unit: "req/min"},
 		{ID: "idle-requests", Text: "0 API requests per idle Pod per minute, its probes included", MetricID: "load-idle", Op: "<=", Goal: 0, Unit: "req/min"},
+		{ID: "storm-lost", Text: "0 held locks (300 in the full run) lost through a storm of try-acquires of new names", MetricID: "storm-lost", Op: "<=", Goal: 0, Unit: "holds"},
 		{ID: "holder-writes", Text: "≤ 12 writes per held lock per minute at default timings", MetricID: "load-holder-writes", Op: "<=", Goal: 12, Unit: "writes/min"},
 		{ID: "admission-p99", Text: "admission p99 ≤ 2 ms (handler, one core)", MetricID: "admission-handler-p99", Op: "<=", Goal: 2, Unit: "ms"},
 		{ID: "rss-idle", Text: "side-car RSS ≤ 20 MiB idle", MetricID: "footprint-idle", Op: "<=", Goal: 20, Unit: "MiB"},

@@ -107,6 +107,13 @@ func (b *Bench) scaleOurs(ctx context.Context, n int) (scaleResult, error) {
 		return res, errors.New("not every candidate observed a leader within 2 minutes")
 	}
 	res.requests = counter.Snapshot()
+	// The leader's elected function runs once a keep-alive sent after its elected event has
+	// confirmed the leadership, which may be after the others observed it.
+	_ = waitFor(time.Minute, time.Millisecond, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(elected) > 0
+	})
 	mu.Lock()
 	res.leaders = len(elected)
 	if len(elected) > 0 {
