@@ -22,15 +22,18 @@ import (
 // side-car, when it starts and before it serves, releases every Lease still held by its own
 // Pod, that is by the same Pod name and the same UID.
 //
-// Why it is safe: a version-1 client learns of its side-car's death from its event stream,
-// which the kernel closes when the process dies, so it was told its holds were lost before the
-// new process could even start; a compliant client ends the session when the stream breaks
-// (docs/api.md, "Writing a client"). Not freed early:
+// Why it is safe: only grants to sessions with an event stream attached are marked, and such a
+// client learns of its side-car's death from that stream, which the kernel closes when the
+// process dies, so it was told its holds were lost before the new process could even start; a
+// compliant client ends the session when the stream breaks (docs/api.md, "Writing a client").
+// A session whose stream ends is ended by the side-car, so a marked hold never outlives its
+// stream. Not freed early:
 //   - holds of a Pod of the same name with another UID (a StatefulSet Pod recreated elsewhere,
 //     whose predecessor may still run on a partitioned node): they expire after the lease
 //     duration;
-//   - holds of legacy sessions (SessionOptions.OutlivesShutdown), whose clients learn of a
-//     loss only in the answer to their next request;
+//   - holds of sessions without an event stream: legacy sessions (SessionOptions.Polled),
+//     whose clients learn of a loss only in the answer to their next request, and version-1
+//     clients that rely on keep-alives and validity alone;
 //   - holds when Config.PodUID is empty (a side-car started by hand without it).
 //
 // The release is a conditional Update, as any release: it cannot undo a write it did not see.
@@ -38,7 +41,7 @@ import (
 // stampPod marks Lease l, about to be granted to s, as releasable by this Pod's next side-car,
 // or unmarks it when s's client cannot learn of a side-car's death at once.
 func (e *Engine) stampPod(l *coordinationv1.Lease, s *session) {
-	if e.cfg.PodUID != "" && !s.opts.OutlivesShutdown {
+	if e.cfg.PodUID != "" && !s.opts.Polled && s.hasStream() {
 		if l.Annotations == nil {
 			l.Annotations = map[string]string{}
 		}

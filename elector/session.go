@@ -56,6 +56,10 @@ type SessionOptions struct {
 	// original protocol): the transport tells them there, then closes the session. Without it,
 	// Shutdown ends the session and tells the client on its event stream before releasing.
 	OutlivesShutdown bool
+	// Polled says the client learns of a loss only in the answer to its next request (the
+	// original protocol), never from an event stream: its holds are never released early by
+	// the next side-car of the Pod (restart.go), however it runs.
+	Polled bool
 }
 
 // OpenSession opens a session for a client. See wire.OpenSessionRequest.
@@ -400,6 +404,13 @@ func (e *Engine) postOrEnd(s *session, ev wire.Event) {
 	if !s.post(ev) {
 		go e.endSession(s, "its event queue overflowed: the client does not read its event stream", wire.CodeNoSession)
 	}
+}
+
+// hasStream reports whether an event stream is attached to s.
+func (s *session) hasStream() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streaming
 }
 
 // hasEnded reports whether s has ended.

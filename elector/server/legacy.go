@@ -227,7 +227,7 @@ func (a *legacyAPI) put(w http.ResponseWriter, r *http.Request) {
 	// 3. Take it: a session of its own, one try.
 	// A classic-mode side-car's application may outlive its SIGTERM and keep heartbeating:
 	// its hold must then outlive the shutdown until this handler has told it (see notHeld).
-	opts := elector.SessionOptions{OutlivesShutdown: a.e.Config().Mode == contract.ModeClassic}
+	opts := elector.SessionOptions{OutlivesShutdown: a.e.Config().Mode == contract.ModeClassic, Polled: true}
 	s, err := a.e.OpenSessionWith(wire.OpenSessionRequest{TTLMillis: a.ttl.Milliseconds(), Client: "legacy protocol PUT " + LegacyPathPrefix + name}, opts)
 	if err != nil {
 		writeError(w, err)
