@@ -31,8 +31,9 @@ type Config struct {
 	// Namespace is the Pod's namespace, where the Leases live. Required.
 	Namespace string
 	// PodUID is the Pod's UID. Optional. It is logged, to tell apart Pods that reuse a name, and
-	// lets a restarted side-car release the holds its Pod's previous side-car left at once
-	// (without it they expire after the lease duration, as when the whole Pod dies).
+	// lets a restarted side-car release the holds its Pod's previous side-car left once their
+	// validity has run out (without it they expire after the lease duration, as when the whole
+	// Pod dies).
 	PodUID string
 
 	// ListenAddress is where the lock API listens. It must be a loopback address: the API is

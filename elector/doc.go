@@ -95,7 +95,8 @@
 //   - Fairness between side-cars. Local waiters are FIFO; across Pods the fastest writer wins.
 //   - Holds across side-car restarts. A restart ends all sessions; after SIGTERM their holds are
 //     released; after a crash the next side-car of the same Pod (same Config.PodUID) releases
-//     them when it starts (restart.go), and otherwise they expire after LeaseDuration.
+//     them once their last validity has run out (restart.go), and otherwise they expire after
+//     LeaseDuration.
 //   - Safety against people. Editing or deleting a held Lease by hand breaks exclusion for that
 //     name (the holder is told lost as soon as it sees the change; tokens keep increasing).
 //   - Every intermediate state for watchers. A watch of an election reports the changes this

@@ -31,8 +31,8 @@ type Options struct {
 	Log logr.Logger
 	// Registerer receives the Engine's metrics. Default: nil, no metrics are registered.
 	Registerer prometheus.Registerer
-	// Renewals, when set, serves the renewals and releases of held Leases, so that with a rate
-	// budget of its own they never wait behind new work (creates, takeovers, the informer's
+	// Renewals, when set, serves the renewals of held Leases, so that with a rate budget of its
+	// own they never wait behind other work (creates, takeovers, releases, the informer's
 	// lists) in a storm of acquires. It must reach the same Leases as the Engine's LeaseClient.
 	// Default: that LeaseClient. NewEngineForConfig sets it.
 	Renewals LeaseClient
@@ -48,7 +48,7 @@ type Options struct {
 type Engine struct {
 	cfg      Config
 	leases   LeaseClient
-	renewals LeaseClient // renewals and releases (Options.Renewals)
+	renewals LeaseClient // renewals of held Leases (Options.Renewals)
 	clock    clock.WithTickerAndDelayedExecution
 	log      logr.Logger
 	m        *metrics
@@ -102,13 +102,23 @@ func NewEngineForConfig(cfg Config, rc *rest.Config, opts Options) (*Engine, err
 		return nil, err
 	}
 	if opts.Renewals == nil {
-		// A client of its own: with rc's QPS and burst, but its own token bucket.
-		if opts.Renewals, err = NewLeaseClient(rc, cfg.Namespace); err != nil {
+		// A client of its own, with a token bucket of its own twice rc's (RenewalBudget).
+		rr := rest.CopyConfig(rc)
+		rr.RateLimiter = nil // a bucket of its own, even when rc brings one
+		rr.QPS, rr.Burst = RenewalBudget(rc.QPS, rc.Burst)
+		if opts.Renewals, err = NewLeaseClient(rr, cfg.Namespace); err != nil {
 			return nil, err
 		}
 	}
 	return NewEngine(cfg, leases, opts)
 }
+
+// RenewalBudget is the rate budget of the renewals of held Leases, given that of all other work:
+// twice it. Renewals are the one load that grows with what is held (one per hold every
+// RenewPeriod, so 100 a second renew 500 holds at the default 5 s), and a renewal that waits
+// too long costs a hold, so they get more room than new work, which only waits. An unset QPS
+// (0) stays unset: client-go's defaults apply.
+func RenewalBudget(qps float32, burst int) (float32, int) { return 2 * qps, 2 * burst }
 
 // NewEngine returns an Engine for cfg that manages Leases through leases, which must be the
 // Leases of cfg.Namespace. It applies the defaults to cfg and refuses an invalid one (see

@@ -132,10 +132,12 @@ func (e *Engine) reportHealth() {
 
 // updateDegraded posts wire.EventDegraded to every session when API trouble begins or changes
 // its code, and wire.EventRecovered when it ends.
-func (e *Engine) updateDegraded() {
+func (e *Engine) updateDegraded() { e.updateDegradedTo(e.APIStatus()) }
+
+// updateDegradedTo is updateDegraded for API trouble now (nil: none).
+func (e *Engine) updateDegradedTo(now error) {
 	e.dmu.Lock()
 	defer e.dmu.Unlock()
-	now := e.APIStatus()
 	if troubleCode(now) == troubleCode(e.degraded) {
 		return
 	}
@@ -150,7 +152,7 @@ func (e *Engine) updateDegraded() {
 	e.smu.Unlock()
 	ev := degradedEvent(now)
 	for _, s := range sessions {
-		e.postOrEnd(s, ev)
+		s.postHealth(ev)
 	}
 }
 
@@ -158,7 +160,7 @@ func (e *Engine) updateDegraded() {
 // holds dmu.
 func (e *Engine) tellDegraded(s *session) {
 	if e.degraded != nil {
-		e.postOrEnd(s, degradedEvent(e.degraded))
+		s.postHealth(degradedEvent(e.degraded))
 	}
 }
 

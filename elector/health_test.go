@@ -75,3 +75,23 @@ func TestAPITroubleIsToldAndBlockingAcquiresWait(t *testing.T) {
 		}
 	})
 }
+
+// Reports of API trouble replace each other in a session's queue: a session without an event
+// stream (keep-alives only) is never ended by their piling up.
+func TestHealthEventsNeverFillTheQueue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBed(t, "pod-a", nil, nil)
+		s := b.open() // no event stream
+		for i := range maxQueuedEvents + 10 {
+			b.e.updateDegradedTo(map[bool]error{true: wire.Errorf(wire.CodeUnavailable, "flap")}[i%2 == 0])
+		}
+		if _, err := b.e.KeepAlive(s.Key()); err != nil {
+			t.Fatalf("KeepAlive after %d reports: got %v; want the session alive", maxQueuedEvents+10, err)
+		}
+		ch := b.healthEvents(s.Key())
+		if ev := next(t, ch); ev.Type != wire.EventRecovered {
+			t.Errorf("queued report: got %+v; want the last one, %s", ev, wire.EventRecovered)
+		}
+		quiet(t, ch, "reports after the last")
+	})
+}

@@ -32,9 +32,10 @@ func (c *countingUpdates) count() int {
 	return c.n
 }
 
-// Renewals and releases go through Options.Renewals, and only they: with a rate budget of its
-// own they never wait behind new work.
-func TestRenewalsAndReleasesUseTheirOwnClient(t *testing.T) {
+// Renewals go through Options.Renewals, and only they: with a rate budget of their own they never
+// wait behind other work, releases included (a storm of try-and-release would otherwise starve
+// them: make bench's storm lost all 300 holds that way).
+func TestRenewalsUseTheirOwnClient(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		api := leasefake.New(t)
 		renewals := &countingUpdates{LeaseClient: api.Leases(testNS)}
@@ -51,8 +52,8 @@ func TestRenewalsAndReleasesUseTheirOwnClient(t *testing.T) {
 		if err := b.e.Release(context.Background(), s.Key(), "x", g.Token); err != nil {
 			t.Fatalf("Release: got %v; want nil", err)
 		}
-		if got := renewals.count(); got != 2 {
-			t.Errorf("Updates through Renewals after the release: got %d; want 2", got)
+		if got := renewals.count(); got != 1 {
+			t.Errorf("Updates through Renewals after the release: got %d; want 1 (the release goes with other work)", got)
 		}
 		if h := holderOfStored(b.api, g.Lease); h != "" {
 			t.Errorf("Lease after the release: got holder %q; want none", h)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -36,7 +37,17 @@ import (
 //     clients that rely on keep-alives and validity alone;
 //   - holds when Config.PodUID is empty (a side-car started by hand without it).
 //
-// The release is a conditional Update, as any release: it cannot undo a write it did not see.
+// When: not before the dead side-car's last promise has run out. Each renewal told the client
+// that its hold was good until the renew deadline of that write (validForMillis), and a client
+// that was paused when its stream broke (a garbage collection, CPU throttling) may still act on
+// that promise when it resumes. So a dead hold is released at its Lease's renewTime (the start
+// of its last successful write) plus RenewDeadline plus a retry period of margin: at once if that
+// has passed, otherwise then. That is still a lease duration minus a renew deadline (5 s by
+// default) before the hold would have expired.
+//
+// The mark is the Pod UID and the session of the grant (AnnotationPodUID, "<uid>/<session>"),
+// so that any change of holder, by whatever writer, invalidates it. The release is a
+// conditional Update, as any release: it cannot undo a write it did not see.
 
 // stampPod marks Lease l, about to be granted to s, as releasable by this Pod's next side-car,
 // or unmarks it when s's client cannot learn of a side-car's death at once.
@@ -45,7 +56,7 @@ func (e *Engine) stampPod(l *coordinationv1.Lease, s *session) {
 		if l.Annotations == nil {
 			l.Annotations = map[string]string{}
 		}
-		l.Annotations[contract.AnnotationPodUID] = e.cfg.PodUID
+		l.Annotations[contract.AnnotationPodUID] = e.cfg.PodUID + "/" + s.id
 		return
 	}
 	delete(l.Annotations, contract.AnnotationPodUID)
@@ -54,28 +65,54 @@ func (e *Engine) stampPod(l *coordinationv1.Lease, s *session) {
 // ownDeadHold reports whether l is held by a session of this Pod's previous side-car: at start
 // no session of this one exists yet.
 func (e *Engine) ownDeadHold(l *coordinationv1.Lease) bool {
-	if e.cfg.PodUID == "" || l.Annotations[contract.AnnotationPodUID] != e.cfg.PodUID {
-		return false
+	pod, session, ok := strings.Cut(holderOf(l), "/")
+	return ok && e.cfg.PodUID != "" && pod == e.cfg.PodName &&
+		l.Annotations[contract.AnnotationPodUID] == e.cfg.PodUID+"/"+session
+}
+
+// deadHoldDue is when the dead hold l may be released (see above).
+func (e *Engine) deadHoldDue(l *coordinationv1.Lease) time.Time {
+	if l.Spec.RenewTime == nil {
+		return time.Time{}
 	}
-	pod, _, ok := strings.Cut(holderOf(l), "/")
-	return ok && pod == e.cfg.PodName
+	return l.Spec.RenewTime.Add(e.cfg.RenewDeadline + e.cfg.RetryPeriod)
 }
 
 // freeOwnDeadHolds releases, once the informer has synced and before the Engine serves, every
-// Lease that ownDeadHold names. A release that fails is logged and left: that hold expires
-// after its lease duration, as before.
+// Lease that ownDeadHold names and whose time has come, and schedules the others' releases. A
+// release that fails is logged and left: that hold expires after its lease duration, as before.
 func (e *Engine) freeOwnDeadHolds(ctx context.Context) {
+	now := e.clock.Now()
 	for _, obj := range e.informer.GetStore().List() {
-		if l, ok := obj.(*coordinationv1.Lease); ok && e.ownDeadHold(l) {
-			e.freeDeadHold(ctx, l)
+		l, ok := obj.(*coordinationv1.Lease)
+		if !ok || !e.ownDeadHold(l) {
+			continue
 		}
+		if due := e.deadHoldDue(l); due.After(now) {
+			key := l.Namespace + "/" + l.Name
+			e.clock.AfterFunc(due.Sub(now), func() { go e.freeDeadHoldLater(key) })
+			continue
+		}
+		e.freeDeadHold(ctx, l)
+	}
+}
+
+// freeDeadHoldLater releases the dead hold of the Lease key, as the cache now has it, if it is
+// still one.
+func (e *Engine) freeDeadHoldLater(key string) {
+	obj, ok, err := e.informer.GetStore().GetByKey(key)
+	if err != nil || !ok {
+		return
+	}
+	if l, ok := obj.(*coordinationv1.Lease); ok && e.ownDeadHold(l) {
+		e.freeDeadHold(e.ctx, l)
 	}
 }
 
 func (e *Engine) freeDeadHold(ctx context.Context, l *coordinationv1.Lease) {
 	log := e.log.WithValues("lease", l.Name, "name", l.Annotations[contract.AnnotationName], "holder", holderOf(l), "token", tokenOf(l))
 	for range 3 {
-		_, err := e.renewals.Update(ctx, releaseLease(l.DeepCopy(), e.clock.Now()), metav1.UpdateOptions{})
+		_, err := e.leases.Update(ctx, releaseLease(l.DeepCopy(), e.clock.Now()), metav1.UpdateOptions{})
 		e.noteWrite(err)
 		if err == nil {
 			e.m.restartFrees.Inc()
@@ -99,6 +136,12 @@ func (e *Engine) freeDeadHold(ctx context.Context, l *coordinationv1.Lease) {
 			return // deleted meanwhile
 		}
 		if l = &list.Items[i]; !e.ownDeadHold(l) {
+			return
+		}
+		if due, now := e.deadHoldDue(l), e.clock.Now(); due.After(now) {
+			// The dead side-car's last renewal landed after all: wait for its promise too.
+			key := l.Namespace + "/" + l.Name
+			e.clock.AfterFunc(due.Sub(now), func() { go e.freeDeadHoldLater(key) })
 			return
 		}
 	}

@@ -394,6 +394,22 @@ func (s *session) post(ev wire.Event) bool {
 	return true
 }
 
+// postHealth queues a degraded or recovered event for s in place of any such event still
+// queued: only the latest state matters, so they never fill the queue, even of a session that
+// has no event stream to drain it.
+func (s *session) postHealth(ev wire.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return
+	}
+	s.events = slices.DeleteFunc(s.events, func(x wire.Event) bool {
+		return x.Type == wire.EventDegraded || x.Type == wire.EventRecovered
+	})
+	s.events = append(s.events, ev)
+	signal(s.notify)
+}
+
 // post queues ev for s; a session whose queue overflows is ended (asynchronously: the caller
 // holds n.mu, and ending a session takes it).
 func (n *nameState) post(s *session, ev wire.Event) { n.e.postOrEnd(s, ev) }

@@ -335,7 +335,7 @@ func (n *nameState) do(a *action) result {
 		updated, err := n.e.renewals.Update(ctx, renewLease(a.base, a.start, cfg.LeaseDuration), metav1.UpdateOptions{})
 		return result{obj: updated, err: err}
 	case opRelease:
-		updated, err := n.e.renewals.Update(ctx, releaseLease(a.base, a.start), metav1.UpdateOptions{})
+		updated, err := leases.Update(ctx, releaseLease(a.base, a.start), metav1.UpdateOptions{})
 		return result{obj: updated, err: err}
 	}
 	return result{err: fmt.Errorf("unknown op %v", a.op)}

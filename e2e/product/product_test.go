@@ -220,10 +220,12 @@ func TestElectionFailover(t *testing.T) {
 	master = killMaster(ctx, t, ns, master, "election", 0, 2*time.Second)
 	readyPods(ctx, t, ns, "election", 3)
 	// Kill the master's side-car: the kubelet restarts it, and the new side-car of the same Pod
-	// (same UID) releases the dead one's Lease when it starts, so another candidate is elected
-	// well before the Lease could have expired (at least lease duration 15 s - renew period 5 s
-	// after the kill); the app hears at once that it lost, from its closed event stream.
-	master = killMaster(ctx, t, ns, master, webhook.SidecarName, 0, 10*time.Second)
+	// (same UID) releases the dead one's Lease once the validity it last promised has run out
+	// (renew deadline 10 s + retry period 1 s after the last renewal, which was at most a renew
+	// period, 5 s, before the kill), so another candidate is elected 6 to 11 s after the kill
+	// (plus the kubelet's restart), never sooner, and before the Lease would have expired (10 to
+	// 15 s); the app hears at once that it lost, from its closed event stream.
+	master = killMaster(ctx, t, ns, master, webhook.SidecarName, 6*time.Second, 14*time.Second)
 	readyPods(ctx, t, ns, "election", 3)
 
 	// Pods only seconds old are slow to stop: the kubelet then took about 1.7 s from the delete to

@@ -26,10 +26,11 @@ type Settings struct {
 	KubeAPIBurst int
 }
 
-// Default API server rate limits, each for two budgets: new work (creates, takeovers, the
-// informer's requests), and the renewals and releases of held Leases, which so never wait behind
-// new work. A held lock costs 12 renewals a minute at default timings, so 50 requests a second
-// renew about 250 held locks; raise them for side-cars that hold more.
+// Default API server rate limits of everything but renewals (creates, takeovers, releases, the
+// informer's requests). The renewals of held Leases have a budget of their own, twice these
+// (elector.RenewalBudget), so they never wait behind other work: a held lock costs 12 renewals
+// a minute at default timings, so 100 requests a second renew about 500 held locks; raise them
+// for side-cars that hold more.
 const (
 	DefaultKubeAPIQPS   = 50
 	DefaultKubeAPIBurst = 100
@@ -63,7 +64,8 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 			"Default: the service account's namespace file."))
 	fs.StringVar(&s.PodUID, "pod-uid", "", usage("pod-uid", contract.EnvPodUID,
 		"`uid` of this Pod (downward API metadata.uid). Optional. With it, a restarted side-car\n"+
-			"releases at once the holds its Pod's previous side-car left; without it they expire."))
+			"releases the holds its Pod's previous side-car left once their validity has run out,\n"+
+			"before they would expire."))
 	fs.StringVar(&s.ListenAddress, "listen", "", usage("listen", wire.EnvAddress,
 		"`host:port` of the lock API. Loopback only (127.0.0.1, ::1 or localhost): anyone who\n"+
 			"reaches it may open sessions. Default "+wire.DefaultAddress+"."))
@@ -90,7 +92,7 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 			"(answered 409) or the end of its TTL. Default "+contract.ModeClassic+"."))
 	fs.IntVar(&s.KubeAPIQPS, "kube-api-qps", 0, usage("kube-api-qps", contract.EnvKubeAPIQPS,
 		fmt.Sprintf("Requests per second the side-car may send to the API server (sustained), for new\n"+
-			"work and, separately, for the renewals and releases of held Leases. Default %d.", DefaultKubeAPIQPS)))
+			"work; the renewals of held Leases have twice this, separately. Default %d.", DefaultKubeAPIQPS)))
 	fs.IntVar(&s.KubeAPIBurst, "kube-api-burst", 0, usage("kube-api-burst", contract.EnvKubeAPIBurst,
 		fmt.Sprintf("Requests the side-car may send to the API server in a burst. Default %d.", DefaultKubeAPIBurst)))
 	fs.IntVar(&s.Limits.MaxSessions, "max-sessions", 0, usage("max-sessions", contract.EnvMaxSessions,

@@ -26,9 +26,11 @@ const (
 	AnnotationName = "metaparticle.io/name"
 	// AnnotationToken holds the fencing token of the current (or last) grant, as a decimal uint64.
 	AnnotationToken = "metaparticle.io/fencing-token"
-	// AnnotationPodUID holds the UID of the Pod whose side-car granted the current hold, when
-	// that hold may be released by the same Pod's next side-car as soon as it starts (see
-	// elector's restart.go). It is absent for other holds and once the Lease is released.
+	// AnnotationPodUID holds "<pod UID>/<session>" of the grant of the current hold, when that
+	// hold may be released by the same Pod's next side-car once the dead one's promises have
+	// run out (see elector's restart.go). It is absent for other holds and once the Lease is
+	// released; a change of holder by any writer leaves it naming another session, which
+	// invalidates it.
 	AnnotationPodUID = "metaparticle.io/pod-uid"
 )
 

@@ -21,8 +21,9 @@ import (
 )
 
 // RelaxedTimings are the side-car flags of the many-locks footprint: at the default timings,
-// holding that many locks would take more renewals per second than the side-car's client-side
-// rate limit allows (QPS 50, server.DefaultKubeAPIQPS, a flag of the side-car), see docs/benchmarks.md.
+// holding that many locks would take more renewals per second than the side-car's renewal
+// budget allows (QPS 100, twice server.DefaultKubeAPIQPS, a flag of the side-car), and more
+// than client-go's baseline gets (QPS 50); see docs/benchmarks.md.
 var RelaxedTimings = []string{"--lease-duration=60s", "--renew-deadline=45s", "--renew-period=30s"}
 
 // footprintResult holds the side-car's memory and start-up figures and the baseline's.

@@ -32,17 +32,18 @@ type sizes struct {
 	settle                time.Duration
 	stormHeld, stormers   int // locks held through the storm; goroutines trying new names
 	stormWindow           time.Duration
+	cacheLeases           []int // managed Leases in the namespace, for the side-car's RSS
 }
 
 func (b *Bench) sizes() sizes {
 	if b.Quick {
 		return sizes{handoffs: 40, basePairs: 10, baseRounds: 2, crashes: 2, loadWindow: 10 * time.Second, loadWaiters: 2,
 			handlerFor: time.Second, pods: 30, scale: 25, launches: 2, manyLocks: 100, settle: time.Second,
-			stormHeld: 50, stormers: 4, stormWindow: 15 * time.Second}
+			stormHeld: 50, stormers: 4, stormWindow: 15 * time.Second, cacheLeases: []int{100, 1000}}
 	}
 	return sizes{handoffs: 250, basePairs: 20, baseRounds: 10, crashes: 5, loadWindow: time.Minute, loadWaiters: 2,
 		handlerFor: 5 * time.Second, pods: 150, scale: 100, launches: 5, manyLocks: 1000, settle: 2 * time.Second,
-		stormHeld: 300, stormers: 8, stormWindow: time.Minute}
+		stormHeld: 300, stormers: 8, stormWindow: time.Minute, cacheLeases: []int{1000, 10000, 50000}}
 }
 
 // Run starts the control plane, runs every benchmark and returns the report. A benchmark that
@@ -167,7 +168,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if err == nil {
 			b.reportFootprint(r, sz.manyLocks)
 		}
-		return err
+		sizes, cerr := b.cacheSizes(ctx, filepath.Join(tmp, "elector"), sz.cacheLeases, sz.settle)
+		b.reportCacheSizes(sizes)
+		return errors.Join(err, cerr)
 	})
 
 	slices.SortStableFunc(b.Report.Metrics, func(x, y Metric) int { return strings.Compare(x.Section, y.Section) })
@@ -191,6 +194,7 @@ func Targets() []Target {
 		{ID: "storm-lost", Text: "0 held locks (300 in the full run) lost through a storm of try-acquires of new names", MetricID: "storm-lost", Op: "<=", Goal: 0, Unit: "holds"},
 		{ID: "holder-writes", Text: "≤ 12 writes per held lock per minute at default timings", MetricID: "load-holder-writes", Op: "<=", Goal: 12, Unit: "writes/min"},
 		{ID: "admission-p99", Text: "admission p99 ≤ 2 ms (handler, one core)", MetricID: "admission-handler-p99", Op: "<=", Goal: 2, Unit: "ms"},
+		{ID: "rss-10k-leases", Text: "side-car RSS ≤ 64 MiB with 10,000 Leases in its namespace", MetricID: "cache-10000", Op: "<=", Goal: 64, Unit: "MiB"},
 		{ID: "rss-idle", Text: "side-car RSS ≤ 20 MiB idle", MetricID: "footprint-idle", Op: "<=", Goal: 20, Unit: "MiB"},
 	}
 }

@@ -35,8 +35,8 @@ func (b *Bench) StartSidecar(ctx context.Context, ns, pod string, counter *Count
 	return b.startSidecar(ctx, ns, pod, counter, cfg, false)
 }
 
-// startSidecar is StartSidecar; with oneBudget, renewals and releases share the rate budget of
-// new work, as before they had their own (the baseline of the storm benchmark).
+// startSidecar is StartSidecar; with oneBudget, renewals share the rate budget of all other
+// work, as before they had their own (the baseline of the storm benchmark).
 func (b *Bench) startSidecar(ctx context.Context, ns, pod string, counter *Counter, cfg elector.Config, oneBudget bool) (*Sidecar, error) {
 	rc := b.RestConfig(counter, "metaparticle-sync-elector")
 	cfg.PodName, cfg.Namespace = pod, ns

@@ -22,8 +22,8 @@ type stormRun struct {
 	window                time.Duration
 }
 
-// storm runs the storm twice, on side-cars whose renewals and releases have a rate budget of
-// their own (ours) and share the one of new work (today's design before issue 17), one after
+// storm runs the storm twice, on side-cars whose renewals have a rate budget of their own
+// (ours) and share the one of all other work (today's design before issue 17), one after
 // the other.
 func (b *Bench) storm(ctx context.Context, held, stormers int, window time.Duration) (ours, oneBudget stormRun, err error) {
 	if ours, err = b.stormOnce(ctx, held, stormers, window, false); err != nil {
