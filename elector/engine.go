@@ -73,7 +73,8 @@ type Engine struct {
 	// informerErrRV is the informer's last synced resourceVersion when informerErr was seen: a
 	// new one means that it has listed or watched since.
 	informerErrRV string
-	writeErr      error // the last failed write's error, until a write succeeds
+	writeErr      error     // the last failed write's error, until a write succeeds or it ages
+	writeErrAt    time.Time // when writeErr was seen, on the Engine's clock
 
 	// dmu orders what the sessions are told about API trouble: degraded and the sessions it was
 	// posted to change together. It is taken before smu and a session's mu, never while holding
@@ -187,9 +188,11 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 		return nil, err
 	}
 	// The cache keeps what the Engine reads and writes back. managedFields, most of a Lease's
-	// bytes, go: the API server keeps a Lease's own when an Update omits them.
+	// bytes, go: the API server keeps a Lease's own when an Update omits them. The object is
+	// the informer's (decoded for it), but written only when there is something to drop: fakes
+	// hand the same object to others.
 	if err := e.informer.SetTransform(func(obj any) (any, error) {
-		if l, ok := obj.(*coordinationv1.Lease); ok {
+		if l, ok := obj.(*coordinationv1.Lease); ok && l.ManagedFields != nil {
 			l.ManagedFields = nil
 		}
 		return obj, nil

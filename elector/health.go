@@ -63,12 +63,18 @@ func (e *Engine) Alive(ctx context.Context) error {
 
 // APIStatus reports the API server trouble the Engine has seen and not yet seen cured, or nil:
 // the informer's last list or watch failure (cured once the informer has listed or watched
-// again) and the last failed write (cured by the next successful one). It makes no request.
+// again) and the last failed write (cured by the next successful one, or when no write has
+// failed for writeErrAge retry periods: failed writes are retried every retry period while
+// anything needs them, so a longer silence means nothing is failing any more). It makes no
+// request.
 func (e *Engine) APIStatus() error {
 	rv := e.informer.LastSyncResourceVersion()
 	e.hmu.Lock()
 	if e.informerErr != nil && rv != e.informerErrRV {
 		e.informerErr = nil // listed or watched since
+	}
+	if e.writeErr != nil && e.clock.Since(e.writeErrAt) > writeErrAge*e.cfg.RetryPeriod {
+		e.writeErr = nil // no write has failed since: nothing is retrying, or it works
 	}
 	ierr, werr := e.informerErr, e.writeErr
 	e.hmu.Unlock()
@@ -81,6 +87,9 @@ func (e *Engine) APIStatus() error {
 	}
 	return errors.Join(errs...)
 }
+
+// writeErrAge is how many retry periods a failed write stays reported without another failure.
+const writeErrAge = 3
 
 // readyErr explains an informer that cannot list or watch.
 func (e *Engine) readyErr() error {
@@ -110,6 +119,9 @@ func (e *Engine) noteWrite(err error) {
 	}
 	e.hmu.Lock()
 	e.writeErr = err
+	if err != nil {
+		e.writeErrAt = e.clock.Now()
+	}
 	e.hmu.Unlock()
 }
 

@@ -1,6 +1,7 @@
 package elector
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -21,12 +22,7 @@ func TestAPITroubleIsToldAndBlockingAcquiresWait(t *testing.T) {
 		api := leasefake.New(t)
 		var forbid atomic.Bool
 		forbid.Store(true)
-		api.Clientset().PrependReactor("create", "leases", func(k8stesting.Action) (bool, runtime.Object, error) {
-			if forbid.Load() {
-				return true, nil, apierrors.NewForbidden(leasesGVR.GroupResource(), "", nil)
-			}
-			return false, nil, nil
-		})
+		forbidCreates(api, &forbid)
 		b := newBed(t, "pod-a", api, nil)
 		retry := b.e.Config().RetryPeriod
 		waiter := b.open()
@@ -93,5 +89,46 @@ func TestHealthEventsNeverFillTheQueue(t *testing.T) {
 			t.Errorf("queued report: got %+v; want the last one, %s", ev, wire.EventRecovered)
 		}
 		quiet(t, ch, "reports after the last")
+	})
+}
+
+// forbidCreates makes api refuse every Lease create with Forbidden while forbid is set.
+func forbidCreates(api *leasefake.API, forbid *atomic.Bool) {
+	api.Clientset().PrependReactor("create", "leases", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if forbid.Load() {
+			return true, nil, apierrors.NewForbidden(leasesGVR.GroupResource(), "", nil)
+		}
+		return false, nil, nil
+	})
+}
+
+// A try during the retry period after a failed write is answered with that trouble, not with
+// "taken by someone else"; and one failed write on an otherwise idle side-car is reported only
+// until writeErrAge retry periods have passed without another.
+func TestTroubleOfAFailedTry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := leasefake.New(t)
+		var forbid atomic.Bool
+		forbid.Store(true)
+		forbidCreates(api, &forbid)
+		b := newBed(t, "pod-a", api, nil)
+		retry := b.e.Config().RetryPeriod
+		s := b.open()
+		events := b.healthEvents(s.Key())
+		for i, what := range []string{"the try that writes", "a try in the retry period"} {
+			if _, err := b.e.Acquire(context.Background(), s.Key(), "x", wire.AcquireRequest{Try: true}); codeOf(err) != wire.CodeForbidden {
+				t.Fatalf("%s (%d): got %v; want code %s", what, i, err, wire.CodeForbidden)
+			}
+		}
+		b.step(retry)
+		if ev := next(t, events); ev.Type != wire.EventDegraded {
+			t.Fatalf("event: got %+v; want %s", ev, wire.EventDegraded)
+		}
+		for range writeErrAge {
+			b.step(retry)
+		}
+		if ev := next(t, events); ev.Type != wire.EventRecovered {
+			t.Errorf("event after %d quiet retry periods: got %+v; want %s", writeErrAge, ev, wire.EventRecovered)
+		}
 	})
 }

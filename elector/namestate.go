@@ -31,6 +31,7 @@ type nameState struct {
 	staleRV    uint64
 	retryAt    time.Time // after a failed write: no acquiring write before this
 	refused    error     // until retryAt: why the last acquiring write was refused for good (a foreign Lease)
+	failed     error     // until retryAt: the API trouble that failed the last acquiring write, for tries
 
 	hold     *hold                 // the local hold, if a local session holds it
 	queue    []*contender          // lock waiters (FIFO) or election candidates (join order)

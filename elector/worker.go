@@ -93,7 +93,7 @@ func isRefusal(err error) bool {
 // refuse fails the lock waiters of n with err, a refusal, and answers every acquire with it
 // until a retry period has passed or the Lease changes.
 func (n *nameState) refuse(err error, now time.Time) {
-	n.retryAt, n.refused = now.Add(n.e.cfg.RetryPeriod), err
+	n.retryAt, n.refused, n.failed = now.Add(n.e.cfg.RetryPeriod), err, nil
 	n.e.log.Error(err, "refusing to grant", "kind", n.kind, "name", n.name, "lease", n.lease)
 	n.failWaiters(err, "failed")
 }
@@ -220,6 +220,10 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 			continue
 		}
 		if n.stale || now.Before(n.retryAt) {
+			if c.try && !n.stale && n.failed != nil {
+				n.answer(c, wire.Grant{}, n.failed, "failed") // the trouble, not "taken"
+				continue
+			}
 			if c.try {
 				n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q is being taken by someone else", n.name), "failed")
 				continue
@@ -471,14 +475,14 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 	case apierrors.IsForbidden(err):
 		// Like any other API trouble: blocking acquires keep waiting (RBAC may be fixed, and
 		// their sessions are told they are degraded); a try is answered below.
-		n.retryAt = now.Add(n.e.cfg.RetryPeriod)
+		n.retryAt, n.failed = now.Add(n.e.cfg.RetryPeriod), n.e.apiErr(a.op.verb(), err)
 		log.Error(err, "RBAC forbids writing the Lease; retrying", "op", a.op, "retryAt", n.retryAt)
 	case errors.Is(err, errFatal):
-		n.retryAt = now.Add(n.e.cfg.RetryPeriod)
+		n.retryAt, n.failed = now.Add(n.e.cfg.RetryPeriod), wire.Errorf(wire.CodeInternal, "%v", err)
 		log.Error(err, "cannot grant")
 		n.failWaiters(wire.Errorf(wire.CodeInternal, "%v", err), "failed")
 	default:
-		n.retryAt = now.Add(n.e.cfg.RetryPeriod)
+		n.retryAt, n.failed = now.Add(n.e.cfg.RetryPeriod), wire.Errorf(wire.CodeUnavailable, "could not write the Lease: %v", err)
 		log.Error(err, "writing the Lease failed; retrying", "op", a.op, "retryAt", n.retryAt)
 	}
 	if c := a.c; c.try && !c.answered {
