@@ -19,11 +19,7 @@ import (
 // answered with the trouble at once, and a session opened during it learns of it on its stream.
 func TestAPITroubleIsToldAndBlockingAcquiresWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		api := leasefake.New(t)
-		var forbid atomic.Bool
-		forbid.Store(true)
-		forbidCreates(api, &forbid)
-		b := newBed(t, "pod-a", api, nil)
+		b, forbid := newForbiddenBed(t)
 		retry := b.e.Config().RetryPeriod
 		waiter := b.open()
 		waiterEvents := b.healthEvents(waiter.Key())
@@ -92,14 +88,20 @@ func TestHealthEventsNeverFillTheQueue(t *testing.T) {
 	})
 }
 
-// forbidCreates makes api refuse every Lease create with Forbidden while forbid is set.
-func forbidCreates(api *leasefake.API, forbid *atomic.Bool) {
+// newForbiddenBed is newBed whose API server refuses every Lease create with Forbidden while
+// the returned flag is set (it starts set).
+func newForbiddenBed(t *testing.T) (*bed, *atomic.Bool) {
+	t.Helper()
+	api := leasefake.New(t)
+	forbid := &atomic.Bool{}
+	forbid.Store(true)
 	api.Clientset().PrependReactor("create", "leases", func(k8stesting.Action) (bool, runtime.Object, error) {
 		if forbid.Load() {
 			return true, nil, apierrors.NewForbidden(leasesGVR.GroupResource(), "", nil)
 		}
 		return false, nil, nil
 	})
+	return newBed(t, "pod-a", api, nil), forbid
 }
 
 // A try during the retry period after a failed write is answered with that trouble, not with
@@ -107,11 +109,7 @@ func forbidCreates(api *leasefake.API, forbid *atomic.Bool) {
 // until writeErrAge retry periods have passed without another.
 func TestTroubleOfAFailedTry(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		api := leasefake.New(t)
-		var forbid atomic.Bool
-		forbid.Store(true)
-		forbidCreates(api, &forbid)
-		b := newBed(t, "pod-a", api, nil)
+		b, _ := newForbiddenBed(t)
 		retry := b.e.Config().RetryPeriod
 		s := b.open()
 		events := b.healthEvents(s.Key())

@@ -88,13 +88,22 @@ func (e *Engine) freeOwnDeadHolds(ctx context.Context) {
 		if !ok || !e.ownDeadHold(l) {
 			continue
 		}
-		if due := e.deadHoldDue(l); due.After(now) {
-			key := l.Namespace + "/" + l.Name
-			e.clock.AfterFunc(due.Sub(now), func() { go e.freeDeadHoldLater(key) })
-			continue
+		if !e.freeDeadHoldLaterIfNotDue(l, now) {
+			e.freeDeadHold(ctx, l)
 		}
-		e.freeDeadHold(ctx, l)
 	}
+}
+
+// freeDeadHoldLaterIfNotDue schedules the release of the dead hold l for when it is due, and
+// reports whether it did: false when it is due now.
+func (e *Engine) freeDeadHoldLaterIfNotDue(l *coordinationv1.Lease, now time.Time) bool {
+	due := e.deadHoldDue(l)
+	if !due.After(now) {
+		return false
+	}
+	key := l.Namespace + "/" + l.Name
+	e.clock.AfterFunc(due.Sub(now), func() { go e.freeDeadHoldLater(key) })
+	return true
 }
 
 // freeDeadHoldLater releases the dead hold of the Lease key, as the cache now has it, if it is
@@ -138,11 +147,8 @@ func (e *Engine) freeDeadHold(ctx context.Context, l *coordinationv1.Lease) {
 		if l = &list.Items[i]; !e.ownDeadHold(l) {
 			return
 		}
-		if due, now := e.deadHoldDue(l), e.clock.Now(); due.After(now) {
-			// The dead side-car's last renewal landed after all: wait for its promise too.
-			key := l.Namespace + "/" + l.Name
-			e.clock.AfterFunc(due.Sub(now), func() { go e.freeDeadHoldLater(key) })
-			return
+		if e.freeDeadHoldLaterIfNotDue(l, e.clock.Now()) {
+			return // the dead side-car's last renewal landed after all: wait for its promise too
 		}
 	}
 	log.Info("gave up releasing a hold of this Pod's previous side-car after three conflicts; it expires after its lease duration")

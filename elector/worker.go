@@ -480,20 +480,19 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 	case errors.Is(err, errFatal):
 		n.retryAt, n.failed = now.Add(n.e.cfg.RetryPeriod), wire.Errorf(wire.CodeInternal, "%v", err)
 		log.Error(err, "cannot grant")
-		n.failWaiters(wire.Errorf(wire.CodeInternal, "%v", err), "failed")
+		n.failWaiters(n.failed, "failed")
 	default:
 		n.retryAt, n.failed = now.Add(n.e.cfg.RetryPeriod), wire.Errorf(wire.CodeUnavailable, "could not write the Lease: %v", err)
 		log.Error(err, "writing the Lease failed; retrying", "op", a.op, "retryAt", n.retryAt)
 	}
 	if c := a.c; c.try && !c.answered {
-		if isRefusal(err) {
+		switch {
+		case isRefusal(err):
 			n.answer(c, wire.Grant{}, err, "failed")
-		} else if conflict {
+		case conflict:
 			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeNotAcquired, "lock %q was taken by someone else first", n.name), "failed")
-		} else if apierrors.IsForbidden(err) {
-			n.answer(c, wire.Grant{}, n.e.apiErr(a.op.verb(), err), "failed")
-		} else {
-			n.answer(c, wire.Grant{}, wire.Errorf(wire.CodeUnavailable, "could not write the Lease: %v", err), "failed")
+		default:
+			n.answer(c, wire.Grant{}, n.failed, "failed") // the trouble just recorded
 		}
 	}
 }

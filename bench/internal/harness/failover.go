@@ -86,10 +86,10 @@ func awaitTakeover(got chan acquired, t0 time.Time, what string) (time.Duration,
 	}
 }
 
-// sidecarPair starts the side-cars of two Pods, name-a (the holder's) and name-b (the waiter's),
-// with default timings; stop stops both.
-func (b *Bench) sidecarPair(ctx context.Context, ns, name string) (holder, waiter *Sidecar, stop func(), err error) {
-	holder, err = b.StartSidecar(ctx, ns, name+"-a", nil, elector.Config{})
+// sidecarPair starts the side-cars of two Pods, name-a (the holder's, with holderCfg) and name-b
+// (the waiter's), with default timings; stop stops both.
+func (b *Bench) sidecarPair(ctx context.Context, ns, name string, holderCfg elector.Config) (holder, waiter *Sidecar, stop func(), err error) {
+	holder, err = b.StartSidecar(ctx, ns, name+"-a", nil, holderCfg)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -101,30 +101,41 @@ func (b *Bench) sidecarPair(ctx context.Context, ns, name string) (holder, waite
 	return holder, waiter, func() { waiter.Stop(); holder.Stop() }, nil
 }
 
-// sidecarKilled: the holder's side-car dies without releasing; the waiter on another side-car
-// takes over once the Lease has gone unrenewed for the lease duration.
-func (b *Bench) sidecarKilled(ctx context.Context, ns string, i int) (time.Duration, error) {
-	name := fmt.Sprintf("crash-sidecar-%d", i)
-	holder, waiter, stop, err := b.sidecarPair(ctx, ns, name)
-	if err != nil {
-		return 0, err
-	}
-	defer stop()
+// heldAndAwaited makes a client of holder hold lock name and one of waiter wait for it, then
+// sleeps to a random point of the renewal cycle; got receives the waiter's grant, done closes
+// both clients.
+func (b *Bench) heldAndAwaited(ctx context.Context, holder, waiter *Sidecar, name string) (got chan acquired, done func(), err error) {
 	hc := holder.Client()
-	defer hc.Close()
 	if err := hc.NewLock(name).Acquire(ctx); err != nil {
-		return 0, err
+		hc.Close()
+		return nil, nil, err
 	}
 	wc, got, err := waiterOn(ctx, waiter, name)
 	if err != nil {
-		return 0, err
+		hc.Close()
+		return nil, nil, err
 	}
-	defer wc.Close()
-	// Kill at a random point of the renewal cycle.
 	time.Sleep(time.Second + rand.N(contract.DefaultRenewPeriod))
 	if len(got) > 0 {
 		b.Anomaly("failover: the waiter took %s before its holder's side-car was killed", name)
 	}
+	return got, func() { wc.Close(); hc.Close() }, nil
+}
+
+// sidecarKilled: the holder's side-car dies without releasing; the waiter on another side-car
+// takes over once the Lease has gone unrenewed for the lease duration.
+func (b *Bench) sidecarKilled(ctx context.Context, ns string, i int) (time.Duration, error) {
+	name := fmt.Sprintf("crash-sidecar-%d", i)
+	holder, waiter, stop, err := b.sidecarPair(ctx, ns, name, elector.Config{})
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
+	got, done, err := b.heldAndAwaited(ctx, holder, waiter, name)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
 	t0 := time.Now()
 	holder.Kill()
 	d, err := awaitTakeover(got, t0, "side-car killed")
@@ -136,32 +147,21 @@ func (b *Bench) sidecarKilled(ctx context.Context, ns string, i int) (time.Durat
 
 // sidecarRestarted: the holder's side-car, which knows its Pod's UID as an injected one does,
 // dies without releasing and a new one of the same Pod starts at once (the kubelet's restart,
-// without its delay of about a second): it releases the dead side-car's hold when it starts, and
-// the waiter on another side-car takes over.
+// without its delay of about a second): it releases the dead side-car's hold once the validity
+// that side-car last promised has run out, and the waiter on another side-car takes over.
 func (b *Bench) sidecarRestarted(ctx context.Context, ns string, i int) (time.Duration, error) {
 	name := fmt.Sprintf("restart-sidecar-%d", i)
 	cfg := elector.Config{PodUID: fmt.Sprintf("uid-%s-a", name)}
-	holder, err := b.StartSidecar(ctx, ns, name+"-a", nil, cfg)
+	holder, waiter, stop, err := b.sidecarPair(ctx, ns, name, cfg)
 	if err != nil {
 		return 0, err
 	}
-	defer holder.Stop()
-	waiter, err := b.StartSidecar(ctx, ns, name+"-b", nil, elector.Config{})
+	defer stop()
+	got, done, err := b.heldAndAwaited(ctx, holder, waiter, name)
 	if err != nil {
 		return 0, err
 	}
-	defer waiter.Stop()
-	hc := holder.Client()
-	defer hc.Close()
-	if err := hc.NewLock(name).Acquire(ctx); err != nil {
-		return 0, err
-	}
-	wc, got, err := waiterOn(ctx, waiter, name)
-	if err != nil {
-		return 0, err
-	}
-	defer wc.Close()
-	time.Sleep(time.Second + rand.N(contract.DefaultRenewPeriod))
+	defer done()
 	t0 := time.Now()
 	holder.Kill()
 	again, err := b.StartSidecar(ctx, ns, name+"-a", nil, cfg)
@@ -176,7 +176,7 @@ func (b *Bench) sidecarRestarted(ctx context.Context, ns string, i int) (time.Du
 // side-car sees the session's event stream close and releases at once.
 func (b *Bench) appKilled(ctx context.Context, ns string, i int) (time.Duration, error) {
 	name := fmt.Sprintf("crash-app-%d", i)
-	holder, waiter, stop, err := b.sidecarPair(ctx, ns, name)
+	holder, waiter, stop, err := b.sidecarPair(ctx, ns, name, elector.Config{})
 	if err != nil {
 		return 0, err
 	}
