@@ -62,6 +62,16 @@ type Config struct {
 	// classic, the safe choice for a side-car listed by hand.
 	Mode string
 
+	// DeleteIdleAfter is how long a Lease must have been idle before the side-car deletes it:
+	// not held (released, or expired a lease duration after its holder's last write that this
+	// side-car saw) and not used by any local session or watch. Every side-car of a namespace
+	// caches every managed Lease there, so a pattern of one lock per order or per job would
+	// otherwise grow every one of them without end. The deletion is conditional on the
+	// resourceVersion this side-car saw idle, so it can never undo a grant; fencing tokens keep
+	// growing across the next create. Zero means DefaultDeleteIdleAfter; a negative value
+	// never deletes. Positive values must be at least LeaseDuration.
+	DeleteIdleAfter time.Duration
+
 	// Limits bound what one side-car keeps for its Pod's processes, so that a runaway client
 	// cannot grow it until it is OOM-killed (which would cost every hold of the Pod). A request
 	// beyond a limit changes nothing and is refused with wire.CodeTooMany (HTTP 429). Zero
@@ -84,6 +94,11 @@ type Limits struct {
 	// DefaultMaxWatches.
 	MaxWatches int
 }
+
+// DefaultDeleteIdleAfter is Config.DeleteIdleAfter's default: a lock unused for ten minutes
+// costs one create more at its next use, and a namespace that creates a name a second keeps
+// about 600 idle Leases.
+const DefaultDeleteIdleAfter = 10 * time.Minute
 
 // Default limits: far above what one Pod's processes use, far below what would exhaust a
 // side-car's 64 MiB memory limit.
@@ -124,6 +139,7 @@ func (c Config) withDefaults() Config {
 		c.Mode = contract.ModeClassic
 	}
 	c.Limits = c.Limits.withDefaults()
+	c.DeleteIdleAfter = cmp.Or(c.DeleteIdleAfter, DefaultDeleteIdleAfter)
 	return c
 }
 
@@ -161,6 +177,9 @@ func (c Config) Validate() error {
 	}
 	if c.Mode != contract.ModeNative && c.Mode != contract.ModeClassic {
 		bad("mode %q must be %q (an init container with restartPolicy Always) or %q (a regular container)", c.Mode, contract.ModeNative, contract.ModeClassic)
+	}
+	if c.DeleteIdleAfter > 0 && c.DeleteIdleAfter < c.LeaseDuration {
+		bad("delete-idle-leases-after %s must be at least the lease duration %s (or negative, to never delete)", c.DeleteIdleAfter, c.LeaseDuration)
 	}
 	for _, l := range []struct {
 		name string

@@ -37,6 +37,9 @@ func TestConfigValidate(t *testing.T) {
 		{"fractional lease duration", func(c *Config) { c.LeaseDuration = 15500 * time.Millisecond }, "whole number of seconds"},
 		{"lease duration too long", func(c *Config) { c.LeaseDuration = 2 * time.Hour }, "must lie within"},
 		{"negative", func(c *Config) { c.RetryPeriod = -time.Second }, "must not be negative"},
+		{"never delete idle Leases", func(c *Config) { c.DeleteIdleAfter = -time.Second }, ""},
+		{"delete idle Leases after a lease duration", func(c *Config) { c.DeleteIdleAfter = 15 * time.Second }, ""},
+		{"delete idle Leases sooner than a lease duration", func(c *Config) { c.DeleteIdleAfter = 14 * time.Second }, "delete-idle-leases-after 14s must be at least the lease duration 15s"},
 		{"negative shutdown timeout", func(c *Config) { c.ShutdownTimeout = -time.Second }, "shutdown timeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -102,6 +102,6 @@
 //   - Every intermediate state for watchers. A watch of an election reports the changes this
 //     side-car observed; while its watch of the API server is interrupted, changes may be
 //     coalesced.
-//   - Exactly one Lease per name for ever. The side-car never deletes Leases; idle ones stay
-//     until removed by hand.
+//   - Exactly one Lease per name for ever. A Lease idle for Config.DeleteIdleAfter is deleted
+//     (idle.go) and created again at the name's next use; tokens keep growing across that.
 package elector

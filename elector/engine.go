@@ -36,7 +36,15 @@ type Options struct {
 	// lists) in a storm of acquires. It must reach the same Leases as the Engine's LeaseClient.
 	// Default: that LeaseClient. NewEngineForConfig sets it.
 	Renewals LeaseClient
+	// IdleDeleteRate bounds the deletions of idle Leases (see Config.DeleteIdleAfter), a second.
+	// They share the rate budget of new work, and a backlog of them must not crowd it out.
+	// Default DefaultIdleDeleteRate; NewEngineForConfig sets a fifth of the rest config's QPS.
+	IdleDeleteRate float64
 }
+
+// DefaultIdleDeleteRate is Options.IdleDeleteRate's default: a fifth of the side-car's default
+// rate budget of new work (50 requests a second).
+const DefaultIdleDeleteRate = 10
 
 // Engine is the side-car's lock and election logic, independent of HTTP. It owns sessions, keeps
 // the Leases of its namespace in one informer, and runs one worker goroutine per name that has
@@ -49,6 +57,7 @@ type Engine struct {
 	cfg      Config
 	leases   LeaseClient
 	renewals LeaseClient // renewals of held Leases (Options.Renewals)
+	idleRate float64     // deletions of idle Leases a second (Options.IdleDeleteRate)
 	clock    clock.WithTickerAndDelayedExecution
 	log      logr.Logger
 	m        *metrics
@@ -88,8 +97,13 @@ type Engine struct {
 	pending atomic.Int64 // lock waiters not yet answered, for Limits.MaxPendingAcquires
 	watches atomic.Int64 // open Watch streams, for Limits.MaxWatches
 
-	imu    sync.Mutex        // protects issued; taken last, never while taking another lock
+	imu    sync.Mutex        // protects issued and goneFloor; taken last, never while taking another lock
 	issued map[string]uint64 // by Lease name: the highest token this side-car has granted
+	// goneFloor is the highest token of the names forgotten since (their Lease gone, nothing
+	// local using them): every create is checked against it (createFloor).
+	goneFloor uint64
+
+	idleForbiddenLogged atomic.Bool // RBAC refused a deletion of an idle Lease, and it was logged
 }
 
 // NewEngineForConfig returns an Engine for cfg that manages the Leases of cfg.Namespace through
@@ -101,6 +115,9 @@ func NewEngineForConfig(cfg Config, rc *rest.Config, opts Options) (*Engine, err
 	leases, err := NewLeaseClient(rc, cfg.Namespace)
 	if err != nil {
 		return nil, err
+	}
+	if opts.IdleDeleteRate == 0 && rc.QPS > 0 {
+		opts.IdleDeleteRate = float64(rc.QPS) / 5
 	}
 	if opts.Renewals == nil {
 		// A client of its own, with a token bucket of its own twice rc's (RenewalBudget).
@@ -141,11 +158,15 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 	if opts.Renewals == nil {
 		opts.Renewals = leases
 	}
+	if opts.IdleDeleteRate <= 0 {
+		opts.IdleDeleteRate = DefaultIdleDeleteRate
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Engine{
 		cfg:          cfg,
 		leases:       leases,
 		renewals:     opts.Renewals,
+		idleRate:     opts.IdleDeleteRate,
 		clock:        opts.Clock,
 		log:          opts.Log.WithValues("pod", cfg.PodName, "namespace", cfg.Namespace),
 		ctx:          ctx,
@@ -249,8 +270,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.freeOwnDeadHolds(ctx)
 	e.synced.Store(true)
 	go e.reportHealth()
+	go e.deleteIdleLeases()
 	e.log.Info("Lease informer synced; serving", "leaseDuration", e.cfg.LeaseDuration,
-		"renewDeadline", e.cfg.RenewDeadline, "renewPeriod", e.cfg.RenewPeriod, "retryPeriod", e.cfg.RetryPeriod)
+		"renewDeadline", e.cfg.RenewDeadline, "renewPeriod", e.cfg.RenewPeriod, "retryPeriod", e.cfg.RetryPeriod,
+		"deleteIdleLeasesAfter", e.cfg.DeleteIdleAfter)
 	return nil
 }
 
@@ -401,11 +424,32 @@ func (e *Engine) onLeaseUpdate(old, obj any) {
 	e.onLeaseEvent(obj, false, false)
 }
 
-// issuedFloor returns the highest token this side-car has granted for lease, 0 if none.
+// issuedFloor returns the highest token this side-car has granted for lease, 0 if none: a
+// takeover's token must exceed it.
 func (e *Engine) issuedFloor(lease string) uint64 {
 	e.imu.Lock()
 	defer e.imu.Unlock()
 	return e.issued[lease]
+}
+
+// createFloor returns what a create's token (its creation revision) must exceed: the highest
+// token granted here for lease, or for any name forgotten since. A creation revision is above
+// every revision before it, and so above every token granted before, unless the store went
+// back in time (etcd restored).
+func (e *Engine) createFloor(lease string) uint64 {
+	e.imu.Lock()
+	defer e.imu.Unlock()
+	return max(e.issued[lease], e.goneFloor)
+}
+
+// forgetIssued moves the floor of lease, a name being forgotten, into goneFloor.
+func (e *Engine) forgetIssued(lease string) {
+	e.imu.Lock()
+	defer e.imu.Unlock()
+	if f, ok := e.issued[lease]; ok {
+		e.goneFloor = max(e.goneFloor, f)
+		delete(e.issued, lease)
+	}
 }
 
 // recordIssued notes that token was granted for lease.
@@ -505,8 +549,8 @@ func (e *Engine) peekName(kind wire.Kind, name string) (*nameState, error) {
 	return n, nil
 }
 
-// maybeRemove forgets n if it has no Lease and no local interest, so that names looked at once
-// do not accumulate.
+// maybeRemove forgets n if it has no Lease and no local interest, so that names looked at once,
+// and names whose Lease was deleted (see idle.go), do not accumulate.
 func (e *Engine) maybeRemove(n *nameState) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -518,6 +562,7 @@ func (e *Engine) maybeRemove(n *nameState) {
 	n.removed = true
 	if e.names[n.lease] == n {
 		delete(e.names, n.lease)
+		e.forgetIssued(n.lease)
 	}
 }
 

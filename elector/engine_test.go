@@ -574,10 +574,16 @@ func TestShutdownReleasesAndRefuses(t *testing.T) {
 		}()
 		b.settle() // the watch is registered: Shutdown must close it
 
+		before := b.api.WriteCount()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := b.e.Shutdown(ctx); err != nil {
 			t.Fatalf("Shutdown: got %v; want nil", err)
+		}
+		// Two releases, and no grant to the waiter of the ended session (it used to be granted
+		// and given back over and over until its session's end removed it).
+		if got := b.api.WritesSince(before); len(got) != 2 {
+			t.Errorf("got writes during shutdown %q; want the two releases", got)
 		}
 		for _, lease := range []string{g1.Lease, g2.Lease} {
 			if h := holderOfStored(b.api, lease); h != "" {

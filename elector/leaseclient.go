@@ -16,8 +16,8 @@ import (
 )
 
 // LeaseClient is what the Engine needs of the API server: the Leases of one namespace, with the
-// verbs the side-car's Role grants (deploy/rbac/sidecar-role.yaml): create, update, list and
-// watch. client-go's typed LeaseInterface satisfies it, and so does NewLeaseClient's REST client,
+// verbs the side-car's Role grants (deploy/rbac/sidecar-role.yaml): create, update, delete,
+// list and watch. client-go's typed LeaseInterface satisfies it, and so does NewLeaseClient's REST client,
 // which the side-car uses so as not to link and initialise every built-in API type of client-go's
 // clientset (see docs/benchmarks.md, section 5). The Engine calls it from many goroutines at
 // once (its informer and every name's worker), so an implementation must be safe for
@@ -25,6 +25,7 @@ import (
 type LeaseClient interface {
 	Create(ctx context.Context, lease *coordinationv1.Lease, opts metav1.CreateOptions) (*coordinationv1.Lease, error)
 	Update(ctx context.Context, lease *coordinationv1.Lease, opts metav1.UpdateOptions) (*coordinationv1.Lease, error)
+	Delete(ctx context.Context, name string, opts metav1.DeleteOptions) error
 	List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error)
 	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
 }
@@ -78,6 +79,10 @@ func (c *leaseClient) Update(ctx context.Context, lease *coordinationv1.Lease, o
 	err := c.client.Put().Namespace(c.namespace).Resource("leases").Name(lease.Name).
 		VersionedParams(&opts, leaseParameterCodec).Body(lease).Do(ctx).Into(result)
 	return result, err
+}
+
+func (c *leaseClient) Delete(ctx context.Context, name string, opts metav1.DeleteOptions) error {
+	return c.client.Delete().Namespace(c.namespace).Resource("leases").Name(name).Body(&opts).Do(ctx).Error()
 }
 
 func (c *leaseClient) List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error) {

@@ -18,6 +18,7 @@ import (
 //	renew_seconds          histogram  latency of successful renewals
 //	renew_failures_total   counter    failed renewal attempts (each may be retried)
 //	losses_total           counter    holds lost, by reason: renew_deadline, conflict, deleted, taken
+//	idle_deletions_total   counter    deletions of idle Leases tried, by result
 type metrics struct {
 	grants        *prometheus.CounterVec
 	waits         *prometheus.CounterVec
@@ -27,6 +28,7 @@ type metrics struct {
 	losses        *prometheus.CounterVec
 	regressions   prometheus.Counter
 	restartFrees  prometheus.Counter
+	idleDeletes   *prometheus.CounterVec
 }
 
 // Loss reasons, the values of the "reason" label of losses_total.
@@ -73,9 +75,16 @@ func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 			Namespace: ns, Name: "restart_releases_total",
 			Help: "Holds of this Pod's previous side-car (same Pod UID) released when this one started.",
 		}),
+		idleDeletes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "idle_deletions_total",
+			Help: "Deletions of idle Leases tried, by result: deleted; raced (written or deleted by someone else first); forbidden (RBAC lacks delete); failed.",
+		}, []string{"result"}),
+	}
+	for _, result := range []string{"deleted", "raced", "forbidden", "failed"} {
+		m.idleDeletes.WithLabelValues(result) // exported at 0, for alerts on a rate
 	}
 	if reg != nil {
-		reg.MustRegister(m.grants, m.waits, m.waitTime, m.renewTime, m.renewFailures, m.losses, m.regressions, m.restartFrees, &gauges{e: e})
+		reg.MustRegister(m.grants, m.waits, m.waitTime, m.renewTime, m.renewFailures, m.losses, m.regressions, m.restartFrees, m.idleDeletes, &gauges{e: e})
 	}
 	return m
 }

@@ -38,6 +38,7 @@ type nameState struct {
 	watchers map[*watcher]struct{} // streams following its state
 	running  bool                  // a worker goroutine runs
 	writing  bool                  // the worker's write is in flight: a new version may be its own
+	raced    string                // an idle deletion of this resourceVersion was refused: wait for another
 }
 
 // contender is a local session that wants the Lease: one pending lock acquire, or one election

@@ -234,7 +234,7 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 			return nil, earliest(wake, n.retryAt)
 		}
 		if n.obj == nil {
-			return &action{op: opCreate, c: c, baseRV: n.rv, floor: n.e.issuedFloor(n.lease), start: now, deadline: now.Add(cfg.RenewDeadline)}, time.Time{}
+			return &action{op: opCreate, c: c, baseRV: n.rv, floor: n.e.createFloor(n.lease), start: now, deadline: now.Add(cfg.RenewDeadline)}, time.Time{}
 		}
 		if n.free(now, c) {
 			if floor := n.e.issuedFloor(n.lease); n.rv+1 <= floor {
@@ -255,10 +255,15 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 }
 
 // eligible returns the first contender that may take the Lease now, and otherwise the earliest
-// time one becomes eligible. Lock waiters are served strictly in arrival order.
+// time one becomes eligible. Lock waiters are served strictly in arrival order. Contenders of
+// ended sessions are passed over: their session's end removes them soon (after its stream is
+// told, on shutdown), and a grant to them would only be given back, again and again until then.
 func (n *nameState) eligible(now time.Time) (*contender, time.Time) {
 	var wake time.Time
 	for _, c := range n.queue {
+		if c.s.hasEnded() {
+			continue
+		}
 		if n.kind == wire.KindLock {
 			return c, time.Time{}
 		}

@@ -13,10 +13,15 @@ import (
 	"k8s.io/utils/clock"
 )
 
-// SidecarLeaseVerbs are the verbs the side-car needs on coordination.k8s.io Leases in its own
+// SidecarLeaseVerbs are the verbs the side-car uses on coordination.k8s.io Leases in its own
 // namespace: an informer (list, watch), the first grant of a name (create), grants, renewals and
-// releases (update). deploy/rbac/sidecar-role.yaml and the chart grant exactly these.
-var SidecarLeaseVerbs = []string{"list", "watch", "create", "update"}
+// releases (update), and the deletion of idle Leases (delete). deploy/rbac/sidecar-role.yaml and
+// the chart grant exactly these. Locks work without delete (see idleVerb).
+var SidecarLeaseVerbs = []string{"list", "watch", "create", "update", idleVerb}
+
+// idleVerb is the one verb the side-car can do without: without it, idle Leases are not deleted
+// and accumulate in the namespace.
+const idleVerb = "delete"
 
 // AccessChecker asks the API server, with SubjectAccessReviews, whether a service account may use
 // Leases as the side-car does. Answers (not errors) are cached for a TTL per namespace and service
@@ -85,11 +90,15 @@ func (a *AccessChecker) MissingVerbs(ctx context.Context, namespace, serviceAcco
 	return missing, nil
 }
 
-// rbacWarning is the admission warning for a service account that lacks Lease verbs: it gives the
-// exact RoleBinding to create.
+// rbacWarning is the admission warning for a service account that lacks Lease verbs: it says what
+// the side-car cannot do without them and gives the exact RoleBinding to create.
 func rbacWarning(namespace, serviceAccount, clusterRole string, missing []string) string {
-	return fmt.Sprintf("service account %s/%s may not %s leases in namespace %s, so the metaparticle-sync side-car cannot take locks: "+
+	consequence := "cannot take locks"
+	if len(missing) == 1 && missing[0] == idleVerb {
+		consequence = "cannot delete idle Leases, which then accumulate in the namespace (locks work); add delete to the Role bound to it, or bind the ClusterRole"
+	}
+	return fmt.Sprintf("service account %s/%s may not %s leases in namespace %s, so the metaparticle-sync side-car %s: "+
 		"kubectl create rolebinding %s-metaparticle-sync --namespace %s --clusterrole %s --serviceaccount %s:%s",
-		namespace, serviceAccount, strings.Join(missing, ", "), namespace,
+		namespace, serviceAccount, strings.Join(missing, ", "), namespace, consequence,
 		serviceAccount, namespace, clusterRole, namespace, serviceAccount)
 }

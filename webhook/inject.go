@@ -13,10 +13,10 @@ import (
 )
 
 // SidecarName is the name of the injected container.
-const SidecarName = "metaparticle-sync"
+const SidecarName = contract.SidecarContainer
 
 // HealthPortName names the side-car's health and metrics port.
-const HealthPortName = "sync-health"
+const HealthPortName = contract.HealthPortName
 
 // Action is what Inject did to a Pod.
 type Action string

@@ -49,13 +49,15 @@ func review(t testing.TB, pod *corev1.Pod) []byte {
 	return b
 }
 
-// fakeReviews answers SubjectAccessReviews: allowed when the service account is "with-rbac".
+// fakeReviews answers SubjectAccessReviews: allowed when the service account is "with-rbac", and
+// for every verb but delete when it is "without-delete".
 func fakeReviews(calls *atomic.Int32) *fake.Clientset {
 	cs := fake.NewClientset()
 	cs.PrependReactor("create", "subjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		calls.Add(1)
 		sar := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SubjectAccessReview)
-		sar.Status.Allowed = strings.HasSuffix(sar.Spec.User, ":with-rbac")
+		sar.Status.Allowed = strings.HasSuffix(sar.Spec.User, ":with-rbac") ||
+			strings.HasSuffix(sar.Spec.User, ":without-delete") && sar.Spec.ResourceAttributes.Verb != "delete"
 		return true, sar, nil
 	})
 	return cs
@@ -133,7 +135,11 @@ func TestAdmissionHandler(t *testing.T) {
 			warning: "kubectl create rolebinding bare-metaparticle-sync --namespace ns --clusterrole metaparticle-sync-sidecar --serviceaccount ns:bare",
 			outcome: webhook.OutcomeInjected},
 		{name: "default service account", body: review(t, newPod(optedIn())), allowed: true, patched: true,
-			warning: "service account ns/default may not list, watch, create, update leases", outcome: webhook.OutcomeInjected},
+			warning: "service account ns/default may not list, watch, create, update, delete leases in namespace ns, so the metaparticle-sync side-car cannot take locks",
+			outcome: webhook.OutcomeInjected},
+		{name: "no delete", body: review(t, newPod(optedIn(), withServiceAccount("without-delete"))), allowed: true, patched: true,
+			warning: "service account ns/without-delete may not delete leases in namespace ns, so the metaparticle-sync side-car cannot delete idle Leases",
+			outcome: webhook.OutcomeInjected},
 		{name: "malformed JSON", body: []byte(`{"request": {`), code: http.StatusBadRequest, outcome: ""},
 		{name: "not a Pod", body: []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE","object":{"spec":{"containers":"nope"}}}}`),
 			code: http.StatusBadRequest, outcome: webhook.OutcomeError},

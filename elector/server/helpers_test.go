@@ -155,6 +155,12 @@ func (b *bed) holds(kind wire.Kind) int {
 // gauge reads the value of a side-car gauge with label kind from g.
 func gauge(t *testing.T, g prometheus.Gatherer, name string, kind wire.Kind) float64 {
 	t.Helper()
+	return sample(t, g, name, "kind", string(kind))
+}
+
+// sample returns the value of the gauge or counter name whose label has value.
+func sample(t *testing.T, g prometheus.Gatherer, name, label, value string) float64 {
+	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
 		t.Fatalf("Gather: got %v; want nil", err)
@@ -165,13 +171,16 @@ func gauge(t *testing.T, g prometheus.Gatherer, name string, kind wire.Kind) flo
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "kind" && l.GetValue() == string(kind) {
+				if l.GetName() == label && l.GetValue() == value {
+					if m.Counter != nil {
+						return m.GetCounter().GetValue()
+					}
 					return m.GetGauge().GetValue()
 				}
 			}
 		}
 	}
-	t.Fatalf("got no gauge %s{kind=%q}; want one", name, kind)
+	t.Fatalf("got no %s{%s=%q}; want one", name, label, value)
 	return 0
 }
 

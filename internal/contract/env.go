@@ -24,6 +24,8 @@ const (
 	EnvMaxNamesPerSession = "METAPARTICLE_SYNC_MAX_NAMES_PER_SESSION"
 	EnvMaxPendingAcquires = "METAPARTICLE_SYNC_MAX_PENDING_ACQUIRES"
 	EnvMaxWatches         = "METAPARTICLE_SYNC_MAX_WATCHES"
+
+	EnvDeleteIdleLeasesAfter = "METAPARTICLE_SYNC_DELETE_IDLE_LEASES_AFTER"
 )
 
 // How the side-car runs in its Pod (EnvMode), which decides what its shutdown may release.
@@ -44,6 +46,13 @@ const (
 // side-car's numeric verbosity (EnvLogLevel): "info" logs every state change, "debug" also lost
 // races and every renewal.
 var LogLevels = map[string]int{"info": 0, "debug": 2}
+
+// SidecarContainer is the name of the injected side-car container, which tools (syncctl) look
+// for in Pods.
+const SidecarContainer = "metaparticle-sync"
+
+// HealthPortName names the side-car container's port of /healthz, /readyz and /metrics.
+const HealthPortName = "sync-health"
 
 // HealthPort returns the port of the side-car's /healthz, /readyz and /metrics for a side-car
 // whose lock API listens on apiPort: the next one.

@@ -97,6 +97,30 @@ func (a *apiState) update(l *coordinationv1.Lease) (*coordinationv1.Lease, error
 	return a.commit(watch.Modified, l), nil
 }
 
+// remove deletes the Lease name if its resourceVersion is rv (a Delete with a resourceVersion
+// precondition), as kube-apiserver does: the Deleted event carries the last version with the
+// deletion's revision.
+func (a *apiState) remove(name string, rv *string) error {
+	cur, ok := a.leases[name]
+	if !ok {
+		return apierrors.NewNotFound(leaseResource, name)
+	}
+	if rv != nil && *rv != cur.ResourceVersion {
+		return apierrors.NewConflict(leaseResource, name,
+			fmt.Errorf("precondition failed: resourceVersion in precondition: %s, in object meta: %s", *rv, cur.ResourceVersion))
+	}
+	a.rev++
+	l := cur.DeepCopy()
+	l.ResourceVersion = rvOf(a.rev)
+	delete(a.leases, name)
+	ev := watch.Event{Type: watch.Deleted, Object: l}
+	a.log = append(a.log, ev)
+	for _, w := range a.sortedWatches() {
+		w.offer(ev)
+	}
+	return nil
+}
+
 func matches(sel labels.Selector, l *coordinationv1.Lease) bool {
 	return sel.Matches(labels.Set(l.Labels))
 }
@@ -188,6 +212,18 @@ func (c Client) Update(ctx context.Context, l *coordinationv1.Lease, _ metav1.Up
 	l = l.DeepCopy()
 	return c.sc.w.call(ctx, c.sc, "update", l.Name, func(a *apiState) (*coordinationv1.Lease, error) { return a.update(l) })
 }
+
+// Delete implements elector.LeaseClient.
+func (c Client) Delete(ctx context.Context, name string, opts metav1.DeleteOptions) error {
+	var rv *string
+	if opts.Preconditions != nil && opts.Preconditions.ResourceVersion != nil {
+		rv = ptrTo(*opts.Preconditions.ResourceVersion)
+	}
+	_, err := c.sc.w.call(ctx, c.sc, "delete", name, func(a *apiState) (*coordinationv1.Lease, error) { return nil, a.remove(name, rv) })
+	return err
+}
+
+func ptrTo[T any](v T) *T { return &v }
 
 // List implements elector.LeaseClient.
 func (c Client) List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error) {

@@ -111,8 +111,14 @@ func (a *app) pause(lo, hi time.Duration) bool {
 // run takes locks until the app's context ends.
 func (a *app) run(names []string, lease time.Duration) {
 	defer a.running.Done()
+	idle := a.w.cfg.DeleteIdleAfter
 	for a.ctx.Err() == nil {
 		if !a.pause(10*time.Millisecond, 300*time.Millisecond) {
+			return
+		}
+		// Now and then a pause long enough for the side-cars to delete idle Leases, so that
+		// deletions meet the grants of the next acquires.
+		if idle > 0 && a.rng.IntN(3) == 0 && !a.pause(idle, 2*idle) {
 			return
 		}
 		name := names[a.rng.IntN(len(names))]

@@ -84,6 +84,18 @@ func (h *History) latestToken(lease string) uint64 {
 	return max
 }
 
+// leaseDeleted checks a deletion of an idle Lease: no application may still be working under
+// it, since a Lease is idle only a lease duration and more after its holder's last renewal, long
+// after any holder must have been told it lost it.
+func (h *History) leaseDeleted(at time.Duration, lease string, leaseOf func(string) string) {
+	for _, ah := range h.active {
+		if leaseOf(ah.name) == lease {
+			h.violatef("at %.3fs Lease %s was deleted as idle while %s worked under %s with token %d (granted at %.3fs)",
+				at.Seconds(), lease, ah.app, ah.name, ah.token, ah.granted.Seconds())
+		}
+	}
+}
+
 func (h *History) appCrashed(app string, at time.Duration) {
 	h.crashes[app] = at
 	for k, ah := range h.active {

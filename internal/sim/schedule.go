@@ -64,6 +64,10 @@ type Schedule struct {
 
 	MaxAPILatency, MaxWatchLatency time.Duration
 
+	// DeleteIdleAfter is the side-cars' elector.Config.DeleteIdleAfter: a lease duration (idle
+	// Leases are deleted while the applications come and go) or negative (never).
+	DeleteIdleAfter time.Duration
+
 	// OldSidecar makes the side-cars answer as before hold validity existed (no
 	// keepAliveMillis, validForMillis or keep-alive body), so that the SDK falls back to
 	// noticing only silence: with FaultFreeze and a long session TTL the simulator then finds
@@ -118,6 +122,13 @@ func NewSchedule(seed uint64, kinds []Fault) Schedule {
 	s.Duration = 8*time.Second + time.Duration(r.Int64N(int64(8*time.Second)))
 	s.MaxAPILatency = time.Duration(r.Int64N(int64(20 * time.Millisecond)))
 	s.MaxWatchLatency = time.Duration(r.Int64N(int64(50 * time.Millisecond)))
+	// From a stream of its own, so that what the main stream decides stays what it was for
+	// seeds recorded before idle deletion existed.
+	if rand.New(rand.NewPCG(seed, 0x1d1e)).IntN(2) == 0 {
+		s.DeleteIdleAfter = s.Timing.LeaseDuration
+	} else {
+		s.DeleteIdleAfter = -1
+	}
 	if len(kinds) > 0 {
 		n := r.IntN(5)
 		for i := 0; i < n; i++ {
@@ -136,9 +147,9 @@ func NewSchedule(seed uint64, kinds []Fault) Schedule {
 
 func (s Schedule) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d: %d side-cars × %d apps, locks %v, elections %v, timing %s/%s/%s/%s, session TTL %s, rates %v, %s of faults, API latency ≤ %s, watch latency ≤ %s",
+	fmt.Fprintf(&b, "seed %d: %d side-cars × %d apps, locks %v, elections %v, timing %s/%s/%s/%s, session TTL %s, rates %v, %s of faults, API latency ≤ %s, watch latency ≤ %s, idle Leases deleted after %s",
 		s.Seed, s.Sidecars, s.Apps, s.Names, s.Elections, s.Timing.LeaseDuration, s.Timing.RenewDeadline, s.Timing.RenewPeriod, s.Timing.RetryPeriod,
-		s.SessionTTL, s.Rates, s.Duration, s.MaxAPILatency, s.MaxWatchLatency)
+		s.SessionTTL, s.Rates, s.Duration, s.MaxAPILatency, s.MaxWatchLatency, s.DeleteIdleAfter)
 	for _, f := range s.Faults {
 		fmt.Fprintf(&b, "\n  fault %s", f)
 	}
@@ -164,6 +175,7 @@ type Result struct {
 	Faults     map[Fault]int
 	Grants     int // holds the applications worked under: locks and election terms
 	Terms      int // of which election terms
+	Deletes    int // idle Leases deleted by the side-cars
 }
 
 // Run runs schedule s. It must be called inside a synctest bubble; wait is synctest.Wait.
@@ -171,7 +183,7 @@ func Run(s Schedule, wait func(), log logr.Logger) Result {
 	w := &World{cfg: s, rng: rand.New(rand.NewPCG(s.Seed, 0xd21fe7)), start: time.Now(), api: newAPIState(), hist: newHistory(), wake: make(chan struct{}, 1)}
 	res := Result{Schedule: s, Faults: map[Fault]int{}}
 	cfg := elector.Config{Namespace: "sim", LeaseDuration: s.Timing.LeaseDuration, RenewDeadline: s.Timing.RenewDeadline,
-		RenewPeriod: s.Timing.RenewPeriod, RetryPeriod: s.Timing.RetryPeriod, ShutdownTimeout: 5 * time.Second}
+		RenewPeriod: s.Timing.RenewPeriod, RetryPeriod: s.Timing.RetryPeriod, ShutdownTimeout: 5 * time.Second, DeleteIdleAfter: s.DeleteIdleAfter}
 	for i := 0; i < s.Sidecars; i++ {
 		sc, err := newSidecar(w, i, fmt.Sprintf("pod-%d", i), cfg, s.Rates[i], log.WithValues("pod", i))
 		if err != nil {
@@ -201,6 +213,7 @@ func Run(s Schedule, wait func(), log logr.Logger) Result {
 	res.Violations = append(res.Violations, hist.check(leaseOf)...)
 	res.Trace = slices.Clone(w.trace)
 	res.Grants = len(hist.holds)
+	res.Deletes = w.deletes
 	for _, h := range hist.holds {
 		if strings.HasPrefix(h.name, electionPrefix) {
 			res.Terms++

@@ -107,7 +107,7 @@ func TestSimulation(t *testing.T) {
 	}
 	n := envInt(t, "SIM_SCHEDULES", def)
 	first := envInt(t, "SIM_FIRST_SEED", 1)
-	var grants, terms, failed atomic.Int64
+	var grants, terms, deletes, failed atomic.Int64
 	var mu sync.Mutex
 	faults := map[sim.Fault]int{}
 	start := time.Now()
@@ -117,6 +117,7 @@ func TestSimulation(t *testing.T) {
 				res := runOne(t, sim.NewSchedule(seed, kinds))
 				grants.Add(int64(res.Grants))
 				terms.Add(int64(res.Terms))
+				deletes.Add(int64(res.Deletes))
 				mu.Lock()
 				for k, v := range res.Faults {
 					faults[k] += v
@@ -130,8 +131,8 @@ func TestSimulation(t *testing.T) {
 		}
 	})
 	took := time.Since(start)
-	t.Logf("%d schedules in %s (%.1f/s), %d grants (%d election terms), faults %v, %d with violations", n, took.Round(time.Millisecond),
-		float64(n)/took.Seconds(), grants.Load(), terms.Load(), faults, failed.Load())
+	t.Logf("%d schedules in %s (%.1f/s), %d grants (%d election terms), %d idle Leases deleted, faults %v, %d with violations", n, took.Round(time.Millisecond),
+		float64(n)/took.Seconds(), grants.Load(), terms.Load(), deletes.Load(), faults, failed.Load())
 }
 
 // TestReplay runs schedules twice and compares their traces: a seed replays the same operations

@@ -34,6 +34,7 @@ type World struct {
 	apps     []*app
 	hist     *History
 	trace    []string
+	deletes  int // idle Leases deleted
 	seq      uint64
 
 	wake chan struct{} // capacity 1: something was queued
@@ -227,6 +228,10 @@ func (w *World) deliver(r *request) {
 	case l != nil:
 		w.tracef("%s %s %s: rv %s holder %q token %q", r.sc.pod, r.verb, r.lease, l.ResourceVersion, holderOf(l), tokenOf(l))
 		w.hist.leaseWritten(w.now(), l)
+	case r.verb == "delete":
+		w.tracef("%s delete %s: ok", r.sc.pod, r.lease)
+		w.deletes++
+		w.hist.leaseDeleted(w.now(), r.lease, leaseOf)
 	default:
 		w.tracef("%s %s: ok", r.sc.pod, r.verb)
 	}

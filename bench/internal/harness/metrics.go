@@ -124,6 +124,17 @@ func (b *Bench) reportStorm(ours, one stormRun) {
 		Ours: F(float64(ours.tries)), Baseline: F(float64(one.tries))})
 }
 
+func (b *Bench) reportChurn(ours, never churnRun) {
+	detail := map[string]any{"names": ours.names, "neverNames": never.names, "deleted": ours.deleted, "idleSeconds": ours.idle.Seconds()}
+	b.Report.Add(Metric{ID: "churn-left-end", Section: secLoad, Name: fmt.Sprintf("a lock per order (%.0f new names a second for %s): Leases in the namespace at the end", ours.rate, ours.window), Unit: "Leases",
+		Ours: F(float64(ours.leftAtEnd)), Baseline: F(float64(never.leftAtEnd)), Detail: detail,
+		Note: fmt.Sprintf("one side-car; each name acquired and released at once, %d names. Ours deletes Leases idle for %s (--delete-idle-leases-after at its smallest, the lease duration), so about rate × (that + a sweep period) stay; "+
+			"baseline: the same side-car with deletion off, the design before issue 17, which keeps every Lease (and every side-car of the namespace caches them all: see the RSS figures of section 5)", ours.names, ours.idle)})
+	b.Report.Add(Metric{ID: "churn-left", Section: secLoad, Name: "the same, once the last Lease has been idle that long and swept", Unit: "Leases",
+		Ours: F(float64(ours.left)), Baseline: F(float64(never.left)),
+		Note: fmt.Sprintf("%v deletions by the side-car, each conditional on the resourceVersion it saw idle", ours.deleted)})
+}
+
 func (b *Bench) reportAdmission(r admissionResult) {
 	detail := map[string]any{"handler": r.handler, "handlerCPU": r.handlerCPU, "handlerThroughputPerSecond": r.handlerThroughput,
 		"podCreateWithWebhook": r.podWith, "podCreateExcludedNamespace": r.podWithout, "podCreateNotOptedIn": r.podNotOptedIn}

@@ -32,18 +32,20 @@ type sizes struct {
 	settle                time.Duration
 	stormHeld, stormers   int // locks held through the storm; goroutines trying new names
 	stormWindow           time.Duration
-	cacheLeases           []int // managed Leases in the namespace, for the side-car's RSS
+	cacheLeases           []int         // managed Leases in the namespace, for the side-car's RSS
+	churnRate             float64       // new lock names a second, each acquired and released
+	churnWindow           time.Duration // of the lock-per-order pattern
 }
 
 func (b *Bench) sizes() sizes {
 	if b.Quick {
 		return sizes{handoffs: 40, basePairs: 10, baseRounds: 2, crashes: 2, loadWindow: 10 * time.Second, loadWaiters: 2,
 			handlerFor: time.Second, pods: 30, scale: 25, launches: 2, manyLocks: 100, settle: time.Second,
-			stormHeld: 50, stormers: 4, stormWindow: 15 * time.Second, cacheLeases: []int{100, 1000}}
+			stormHeld: 50, stormers: 4, stormWindow: 15 * time.Second, cacheLeases: []int{100, 1000}, churnRate: 5, churnWindow: 10 * time.Second}
 	}
 	return sizes{handoffs: 250, basePairs: 20, baseRounds: 10, crashes: 5, loadWindow: time.Minute, loadWaiters: 2,
 		handlerFor: 5 * time.Second, pods: 150, scale: 100, launches: 5, manyLocks: 1000, settle: 2 * time.Second,
-		stormHeld: 300, stormers: 8, stormWindow: time.Minute, cacheLeases: []int{1000, 10000, 50000}}
+		stormHeld: 300, stormers: 8, stormWindow: time.Minute, cacheLeases: []int{1000, 10000, 50000}, churnRate: 5, churnWindow: time.Minute}
 }
 
 // Run starts the control plane, runs every benchmark and returns the report. A benchmark that
@@ -160,6 +162,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		return err
 	})
+	phase(fmt.Sprintf("a lock per order, %.0f new names a second for %s", sz.churnRate, sz.churnWindow), func() error {
+		ours, never, err := b.churn(ctx, sz.churnRate, sz.churnWindow, churnIdle)
+		if err == nil {
+			b.reportChurn(ours, never)
+		}
+		return err
+	})
 	phase("side-car footprint", func() error {
 		if buildErr != nil {
 			return buildErr
@@ -195,6 +204,7 @@ func Targets() []Target {
 		{ID: "holder-writes", Text: "≤ 12 writes per held lock per minute at default timings", MetricID: "load-holder-writes", Op: "<=", Goal: 12, Unit: "writes/min"},
 		{ID: "admission-p99", Text: "admission p99 ≤ 2 ms (handler, one core)", MetricID: "admission-handler-p99", Op: "<=", Goal: 2, Unit: "ms"},
 		{ID: "rss-10k-leases", Text: "side-car RSS ≤ 64 MiB with 10,000 Leases in its namespace", MetricID: "cache-10000", Op: "<=", Goal: 64, Unit: "MiB"},
+		{ID: "churn-left", Text: "0 Leases left of a lock-per-order pattern once they have been idle for --delete-idle-leases-after", MetricID: "churn-left", Op: "<=", Goal: 0, Unit: "Leases"},
 		{ID: "rss-idle", Text: "side-car RSS ≤ 20 MiB idle", MetricID: "footprint-idle", Op: "<=", Goal: 20, Unit: "MiB"},
 	}
 }

@@ -100,37 +100,32 @@ func (s *Sidecar) Client() *sdk.Client {
 // Waiting returns the side-car's metaparticle_sync_waiting gauge for kind ("lock" or
 // "election"): lock waiters and election candidates not leading.
 func (s *Sidecar) Waiting(kind string) float64 {
-	mfs, err := s.reg.Gather()
-	if err != nil {
-		return -1
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "metaparticle_sync_waiting" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "kind" && l.GetValue() == kind {
-					return m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return s.Sample("metaparticle_sync_waiting", "kind", kind)
 }
 
 // Losses returns the side-car's metaparticle_sync_losses_total, summed over its labels: holds
 // lost, not released.
-func (s *Sidecar) Losses() float64 {
+func (s *Sidecar) Losses() float64 { return s.Sample("metaparticle_sync_losses_total", "", "") }
+
+// Sample returns the sum of the side-car's gauges or counters called name whose label has
+// value (every series when label is ""), -1 if the metrics cannot be gathered.
+func (s *Sidecar) Sample(name, label, value string) float64 {
 	mfs, err := s.reg.Gather()
 	if err != nil {
 		return -1
 	}
 	var n float64
 	for _, mf := range mfs {
-		if mf.GetName() == "metaparticle_sync_losses_total" {
-			for _, m := range mf.GetMetric() {
-				n += m.GetCounter().GetValue()
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := label == ""
+			for _, l := range m.GetLabel() {
+				match = match || l.GetName() == label && l.GetValue() == value
+			}
+			if match {
+				n += m.GetGauge().GetValue() + m.GetCounter().GetValue()
 			}
 		}
 	}

@@ -2,7 +2,8 @@
 // fake clientset whose Lease writes behave like the API server's on etcd (every write gets the
 // next revision as its resourceVersion; an Update whose resourceVersion is not the stored one
 // fails with Conflict; a Create of an existing Lease fails with AlreadyExists), with hooks that
-// fail or delay writes, and a record of the writes. Any other verb fails the test.
+// fail or delay writes, and a record of the writes (deletes among them). A Delete honours a resourceVersion
+// precondition, as kube-apiserver does. Any other verb fails the test.
 //
 // It is not a model of the API server's watch: events are delivered as client-go's fake
 // delivers them, in order and at once.
@@ -19,6 +20,7 @@ import (
 	"github.com/go-logr/logr"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -39,7 +41,7 @@ type API struct {
 
 	mu     sync.Mutex // protects the fields below
 	rev    uint64
-	writes []string                                           // "create <lease>", "update <lease>"
+	writes []string                                           // "create <lease>", "update <lease>", "delete <lease>"
 	hooks  []func(verb string, l *coordinationv1.Lease) error // run before each write; a non-nil error fails it
 	rvText func(uint64) string                                // formats resourceVersions; default decimal
 }
@@ -49,7 +51,8 @@ func New(t testing.TB) *API {
 	f := &API{t: t, cs: fake.NewSimpleClientset(), rev: 100}
 	f.cs.PrependReactor("create", "leases", f.create)
 	f.cs.PrependReactor("update", "leases", f.update)
-	for _, verb := range []string{"patch", "delete", "deletecollection"} {
+	f.cs.PrependReactor("delete", "leases", f.delete)
+	for _, verb := range []string{"patch", "deletecollection"} {
 		f.cs.PrependReactor(verb, "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
 			t.Errorf("unexpected API call: %s %s", a.GetVerb(), a.GetResource().Resource)
 			return true, nil, fmt.Errorf("unexpected %s", a.GetVerb())
@@ -121,6 +124,28 @@ func (f *API) updateLocked(ns string, l *coordinationv1.Lease) (bool, runtime.Ob
 	return true, l.DeepCopy(), nil
 }
 
+func (f *API) delete(a k8stesting.Action) (bool, runtime.Object, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d := a.(k8stesting.DeleteAction)
+	f.writes = append(f.writes, "delete "+d.GetName())
+	if err := f.runHooks("delete", &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: d.GetName(), Namespace: a.GetNamespace()}}); err != nil {
+		return true, nil, err
+	}
+	cur := f.getLocked(d.GetName())
+	if cur == nil {
+		return true, nil, apierrors.NewNotFound(leasesGVR.GroupResource(), d.GetName())
+	}
+	if p := d.GetDeleteOptions().Preconditions; p != nil && p.ResourceVersion != nil && *p.ResourceVersion != cur.ResourceVersion {
+		return true, nil, apierrors.NewConflict(leasesGVR.GroupResource(), d.GetName(),
+			fmt.Errorf("precondition failed: resourceVersion in precondition: %s, in object meta: %s", *p.ResourceVersion, cur.ResourceVersion))
+	}
+	if err := f.cs.Tracker().Delete(leasesGVR, a.GetNamespace(), d.GetName()); err != nil {
+		return true, nil, err
+	}
+	return true, nil, nil
+}
+
 // Hook adds a function run before every write, under the fake's lock.
 func (f *API) Hook(h func(verb string, l *coordinationv1.Lease) error) {
 	f.mu.Lock()
@@ -188,6 +213,14 @@ func (f *API) Remove(name string) {
 	defer f.mu.Unlock()
 	if err := f.cs.Tracker().Delete(leasesGVR, Namespace, name); err != nil {
 		f.t.Fatalf("deleting Lease %s: %v", name, err)
+	}
+}
+
+// RemoveLocked deletes a Lease from a Hook, which runs under the fake's lock: the deletion lands
+// just before the write the hook runs for, as a competing side-car's would.
+func (f *API) RemoveLocked(name string) {
+	if err := f.cs.Tracker().Delete(leasesGVR, Namespace, name); err != nil {
+		f.t.Errorf("deleting Lease %s: %v", name, err)
 	}
 }
 
