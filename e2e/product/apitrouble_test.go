@@ -1,7 +1,9 @@
 package product
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -19,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/metaparticle-io/sync/internal/localcluster"
+	"github.com/metaparticle-io/sync/internal/syncctl"
 	"github.com/metaparticle-io/sync/webhook"
 )
 
@@ -28,7 +31,8 @@ import (
 // both Pods stay Ready and ready endpoints of the Service's EndpointSlices (watched, every change
 // checked), while the holds go as they must: the cut-off holder is told it lost the lock, the
 // other Pod takes it, the cut-off Pod takes it again after the cut; with RBAC revoked the holder
-// is told it lost it and its side-car reports the trouble to its sessions, and after RBAC is
+// is told it lost it and its side-car reports the trouble to its sessions and to syncctl
+// sidecars (through the API server's proxy to the Pod), and after RBAC is
 // restored the lock is granted again.
 func TestAPITroubleKeepsPodsReady(t *testing.T) {
 	localcluster.Require(t, cluster)
@@ -100,6 +104,9 @@ func TestAPITroubleKeepsPodsReady(t *testing.T) {
 	waitLines(ctx, t, ns, h, app, "I lost the lock!", lostBefore+1)
 	lostAfter := time.Since(revokedAt)
 	waitLines(ctx, t, ns, h, webhook.SidecarName, degraded, degradedBefore+1)
+	// What only the side-car knows, syncctl shows: it reads the side-car's health through the
+	// API server's proxy to the Pod.
+	checkSidecarsCommand(ctx, t, ns, h, "forbidden: ")
 	restored := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: rb.Name}, RoleRef: rb.RoleRef, Subjects: rb.Subjects}
 	if _, err := rbs.Create(ctx, restored, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -263,6 +270,31 @@ func (r *readiness) violations() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]string(nil), r.bad...)
+}
+
+// checkSidecarsCommand runs syncctl sidecars for ns and checks that the side-car of pod reports
+// API server trouble starting with want.
+func checkSidecarsCommand(ctx context.Context, t *testing.T, ns, pod, want string) {
+	t.Helper()
+	kubeconfig := cluster.Var("KUBECONFIG")
+	var out, errOut bytes.Buffer
+	if code := syncctl.Run(ctx, "syncctl", []string{"--kubeconfig", kubeconfig, "sidecars", "-n", ns, "-o", "json"}, &out, &errOut); code != 0 {
+		t.Fatalf("syncctl sidecars: got exit %d, stderr %q; want 0", code, errOut.String())
+	}
+	var list syncctl.SidecarList
+	if err := json.Unmarshal(out.Bytes(), &list); err != nil {
+		t.Fatalf("syncctl sidecars: got %q: %v", out.String(), err)
+	}
+	for _, h := range list.Items {
+		if h.Pod == pod {
+			if h.Serving != "ok" || !strings.HasPrefix(h.APIServer, want) {
+				t.Errorf("syncctl sidecars, %s: got %+v; want serving ok and API server trouble %q…", pod, h, want)
+			}
+			t.Logf("syncctl sidecars: %+v", list.Items)
+			return
+		}
+	}
+	t.Errorf("syncctl sidecars: got %+v; want a row for %s", list.Items, pod)
 }
 
 func podReady(p *corev1.Pod) bool {

@@ -123,7 +123,9 @@ Pod and session, since when, with which fencing token, and when the hold expires
 It reads the coordination.k8s.io/v1 Leases labelled
   %s
 with the kubeconfig and context kubectl would use (--kubeconfig, $KUBECONFIG, ~/.kube/config;
---context, -n). It needs get, list and watch on leases, and get on pods for describe.
+--context, -n). It needs get, list and watch on leases, get on pods for describe, and list
+on pods and get on pods/proxy for sidecars, which asks each side-car of the namespace for its
+health: whether it serves, and the API server trouble it has seen.
 
 To use it as the kubectl plugin "kubectl sync", build it as %s into a directory on
 your PATH:
@@ -137,6 +139,9 @@ your PATH:
 
   # One lock in detail, with the Pod that holds it
   %[1]s describe orders/eu -n shop
+
+  # Each side-car's health, and the API server trouble it has seen
+  %[1]s sidecars -n shop
 
   # For scripts: the token of every held lock
   %[1]s locks -o json | jq -r '.items[] | select(.held) | .name + " " + .token'`),
@@ -152,7 +157,7 @@ your PATH:
 			return usagef("unknown command %q", args[0])
 		},
 		RunE: func(*cobra.Command, []string) error {
-			return usagef("missing command: locks, elections or describe")
+			return usagef("missing command: locks, elections, describe or sidecars")
 		},
 	}
 	root.SuggestionsMinimumDistance = 2
@@ -172,7 +177,7 @@ your PATH:
 	}
 	c.flags.AddFlags(root.PersistentFlags())
 
-	root.AddCommand(c.listCommand(kindLock), c.listCommand(kindElection), c.describeCommand())
+	root.AddCommand(c.listCommand(kindLock), c.listCommand(kindElection), c.describeCommand(), c.sidecarsCommand())
 	return root
 }
 

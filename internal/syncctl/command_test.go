@@ -48,7 +48,9 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, `error: missing command: locks, elections or describe (see 'kubectl sync --help')`},
+		{nil, `error: missing command: locks, elections, describe or sidecars (see 'kubectl sync --help')`},
+		{[]string{"sidecars", "-o", "wide"}, `error: unknown output format "wide": use json or yaml (see 'kubectl sync sidecars --help')`},
+		{[]string{"health", "x"}, `error: "sidecars" takes no arguments, got "x" (see 'kubectl sync sidecars --help')`},
 		{[]string{"lcks"}, `error: unknown command "lcks" (did you mean "locks"?) (see 'kubectl sync --help')`},
 		{[]string{"frobnicate"}, `error: unknown command "frobnicate" (see 'kubectl sync --help')`},
 		{[]string{"locks", "--bogus"}, `error: unknown flag: --bogus (see 'kubectl sync locks --help')`},

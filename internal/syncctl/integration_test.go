@@ -28,6 +28,7 @@ import (
 
 	"github.com/metaparticle-io/sync/elector"
 	"github.com/metaparticle-io/sync/internal/certmanager"
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/internal/sidecartest"
 	"github.com/metaparticle-io/sync/internal/syncctl"
 	"github.com/metaparticle-io/sync/internal/testenv"
@@ -641,4 +642,48 @@ func TestIntegrationErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestIntegrationSidecarsOnTheRealAPIServer: the Pods with a side-car container are listed by
+// the real API server, and each side-car is asked through its pods/proxy subresource. The test
+// environment has no kubelet and no Pod network, so the Pod's IP is loopback, which the API
+// server refuses to proxy to: the row says so, from the API server's own answer (the e2e
+// scenario on the local cluster reads real side-cars).
+func TestIntegrationSidecarsOnTheRealAPIServer(t *testing.T) {
+	ns := env.Namespace(t)
+	ctx := testCtx(t)
+	pods := env.Clientset.CoreV1().Pods(ns)
+	for _, p := range []struct {
+		name    string
+		sidecar bool
+	}{{"web-0", true}, {"plain", false}} {
+		containers := []corev1.Container{{Name: "app", Image: "registry.k8s.io/pause:3.10"}}
+		if p.sidecar {
+			containers = append(containers, corev1.Container{Name: contract.SidecarContainer, Image: "registry.k8s.io/pause:3.10",
+				Ports: []corev1.ContainerPort{{Name: contract.HealthPortName, ContainerPort: 13132}}})
+		}
+		created, err := pods.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.name}, Spec: corev1.PodSpec{NodeName: "node-1", Containers: containers}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("creating Pod %s: %v", p.name, err)
+		}
+		// A loopback Pod IP, which the API server refuses to proxy to without dialling it.
+		created.Status.Phase = corev1.PodRunning
+		created.Status.PodIP = "127.0.0.1"
+		created.Status.PodIPs = []corev1.PodIP{{IP: "127.0.0.1"}}
+		if _, err := pods.UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("updating the status of Pod %s: %v", p.name, err)
+		}
+	}
+	out := cli(t, "sidecars", "-n", ns, "-o", "json", "--request-timeout", "3s").ok(t, "sidecars")
+	var got syncctl.SidecarList
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("got undecodable output %q: %v", out, err)
+	}
+	if len(got.Items) != 1 || got.Items[0].Pod != "web-0" || got.Items[0].Namespace != ns {
+		t.Fatalf("got side-cars %+v; want web-0 of %s only", got.Items, ns)
+	}
+	if h := got.Items[0]; !strings.HasPrefix(h.Error, "cannot read its health port 13132 through the API server: ") || h.Serving != "" || h.APIServer != "" {
+		t.Errorf("got %+v; want only why its health port could not be read", h)
+	}
+	t.Logf("the API server's answer for an unreachable side-car: %s", got.Items[0].Error)
 }

@@ -1,0 +1,224 @@
+package syncctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/spf13/cobra"
+
+	"github.com/metaparticle-io/sync/internal/contract"
+	"github.com/metaparticle-io/sync/wire"
+)
+
+// The sidecars command shows what only the side-cars know: whether each one serves, and the API
+// server trouble it has seen (an RBAC change, throttling, a cut connection), which never shows in
+// its Pod's readiness. It reads each side-car's /readyz?verbose through the API server's proxy to
+// the Pod (the pods/proxy subresource), so it needs no route to the Pods' network.
+
+// SidecarHealth is one side-car's health as it reports it: the JSON and YAML form, and a row of
+// the table.
+type SidecarHealth struct {
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	// Serving is "ok", or why the side-car does not serve (not synced yet, shutting down).
+	Serving string `json:"serving,omitempty"`
+	// APIServer is "ok", or the API server trouble the side-car has seen and its sessions were
+	// told of (their degraded event).
+	APIServer string `json:"apiServer,omitempty"`
+	// Error says why the side-car's health could not be read; the other fields are then empty.
+	Error string `json:"error,omitempty"`
+}
+
+// SidecarList is the JSON and YAML form of the sidecars command's answer.
+type SidecarList struct {
+	Items []SidecarHealth `json:"items"`
+}
+
+type sidecarsOptions struct {
+	allNamespaces bool
+	format        string
+}
+
+func (c *cli) sidecarsCommand() *cobra.Command {
+	var o sidecarsOptions
+	cmd := &cobra.Command{
+		Use:     "sidecars",
+		Aliases: []string{"health"},
+		Short:   "Show each side-car's health: serving, and the API server trouble it has seen",
+		Long: fmt.Sprintf(`Show the health of each side-car of the namespace (each running Pod with a container
+named %s) as the side-car reports it: SERVING says whether it serves its Pod's
+applications, API SERVER the trouble it has seen with the API server (RBAC forbids its writes,
+the API server does not answer), of which its sessions were told. Neither is part of the Pod's
+readiness: a lock helper never takes its application out of its Services.
+
+It reads each side-car's /readyz?verbose through the API server's proxy to the Pod, so it needs
+list on pods and get on pods/proxy.`, contract.SidecarContainer),
+		Example: c.examples(`
+  %[1]s sidecars -n shop
+  %[1]s sidecars -A -o json | jq -r '.items[] | select(.apiServer != "ok") | .pod'`),
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return c.sidecars(cmd.Context(), o) },
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "Side-cars of every namespace")
+	f.StringVarP(&o.format, "output", "o", "", "Output format: json or yaml (default: a table)")
+	return cmd
+}
+
+func (c *cli) sidecars(ctx context.Context, o sidecarsOptions) error {
+	switch o.format {
+	case formatTable, formatJSON, formatYAML:
+	default:
+		return usagef("unknown output format %q: use json or yaml", o.format)
+	}
+	cs, err := c.client()
+	if err != nil {
+		return err
+	}
+	ns := ""
+	if !o.allNamespaces {
+		if ns, err = c.namespace(); err != nil {
+			return err
+		}
+	}
+	cctx, cancel := c.callContext(ctx)
+	pods, err := cs.CoreV1().Pods(ns).List(cctx, metav1.ListOptions{FieldSelector: "status.phase=Running"})
+	cancel()
+	if err != nil {
+		return c.explain(err)
+	}
+	list := SidecarList{Items: []SidecarHealth{}}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		port, ok := healthPort(p)
+		if !ok {
+			continue
+		}
+		list.Items = append(list.Items, c.sidecarHealth(ctx, cs, p, port))
+	}
+	slices.SortFunc(list.Items, func(a, b SidecarHealth) int {
+		return strings.Compare(a.Namespace+"/"+a.Pod, b.Namespace+"/"+b.Pod)
+	})
+	switch o.format {
+	case formatJSON:
+		return writeJSON(c.out, list, false)
+	case formatYAML:
+		return writeYAML(c.out, list, false)
+	}
+	if len(list.Items) == 0 {
+		where := fmt.Sprintf("namespace %q", ns)
+		if o.allNamespaces {
+			where = "any namespace"
+		}
+		_, err := fmt.Fprintf(c.out, "No running side-cars in %s.\n", where)
+		return err
+	}
+	return printSidecars(c.out, list.Items, o.allNamespaces)
+}
+
+// healthPort returns the port of p's side-car health endpoint, if p runs a side-car: its
+// container port named contract.HealthPortName, or else the default one.
+func healthPort(p *corev1.Pod) (int32, bool) {
+	for _, ct := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
+		if ct.Name != contract.SidecarContainer {
+			continue
+		}
+		for _, port := range ct.Ports {
+			if port.Name == contract.HealthPortName {
+				return port.ContainerPort, true
+			}
+		}
+		return contract.HealthPort(wire.DefaultPort), true
+	}
+	return 0, false
+}
+
+// sidecarHealth asks the side-car of p for /readyz?verbose through the API server.
+func (c *cli) sidecarHealth(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod, port int32) SidecarHealth {
+	h := SidecarHealth{Namespace: p.Namespace, Pod: p.Name}
+	cctx, cancel := c.callContext(ctx)
+	defer cancel()
+	body, err := cs.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(int(port)), "readyz", map[string]string{"verbose": ""}).DoRaw(cctx)
+	h.Serving, h.APIServer = parseReadyz(string(body))
+	if h.Serving == "" {
+		msg := "no answer"
+		var st metav1.Status
+		switch {
+		case json.Unmarshal(body, &st) == nil && st.Message != "":
+			msg = oneLine(st.Message) // the proxy's own error, such as a refused connection
+		case err != nil:
+			msg = oneLine(apiMessage(err))
+		}
+		h.Error = "cannot read its health port " + strconv.Itoa(int(port)) + " through the API server: " + msg
+		h.APIServer = ""
+	}
+	return h
+}
+
+// parseReadyz reads the checks of the side-car's /readyz?verbose answer (elector/server's health
+// handler): "[+]name ok" or "[-]name: reason", one a line. A side-car older than ?verbose
+// answers "ok" or "not ready: reason".
+func parseReadyz(body string) (serving, api string) {
+	switch b := strings.TrimSpace(body); {
+	case b == "ok":
+		serving = "ok"
+	case strings.HasPrefix(b, "not ready: "):
+		serving = strings.TrimPrefix(b, "not ready: ")
+	}
+	for line := range strings.SplitSeq(body, "\n") {
+		var ok bool
+		var rest string
+		switch {
+		case strings.HasPrefix(line, "[+]"):
+			ok, rest = true, line[3:]
+		case strings.HasPrefix(line, "[-]"):
+			rest = line[3:]
+		default:
+			continue
+		}
+		name, reason, _ := strings.Cut(rest, ": ")
+		if ok {
+			name, reason = strings.TrimSuffix(rest, " ok"), "ok"
+		}
+		switch name {
+		case "serving":
+			serving = reason
+		case "api-server (informational)":
+			api = reason
+		}
+	}
+	if serving != "" && api == "" {
+		api = "unknown (the side-car is older than this command)"
+	}
+	return serving, api
+}
+
+func printSidecars(w io.Writer, items []SidecarHealth, allNamespaces bool) error {
+	tw := tabwriter.NewWriter(w, 6, 4, 3, ' ', 0)
+	header := []string{"POD", "SERVING", "API SERVER"}
+	if allNamespaces {
+		header = append([]string{"NAMESPACE"}, header...)
+	}
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, h := range items {
+		row := []string{h.Pod, h.Serving, h.APIServer}
+		if h.Error != "" {
+			row = []string{h.Pod, "unknown", h.Error}
+		}
+		if allNamespaces {
+			row = append([]string{h.Namespace}, row...)
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	return tw.Flush()
+}
