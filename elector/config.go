@@ -68,8 +68,8 @@ type Config struct {
 	// caches every managed Lease there, so a pattern of one lock per order or per job would
 	// otherwise grow every one of them without end. The deletion is conditional on the
 	// resourceVersion this side-car saw idle, so it can never undo a grant; fencing tokens keep
-	// growing across the next create. Zero means DefaultDeleteIdleAfter; a negative value
-	// never deletes. Positive values must be at least LeaseDuration.
+	// growing across the next create. Zero means DefaultDeleteIdleAfter (or LeaseDuration, if
+	// longer); a negative value never deletes. Positive values must be at least LeaseDuration.
 	DeleteIdleAfter time.Duration
 
 	// Limits bound what one side-car keeps for its Pod's processes, so that a runaway client
@@ -139,7 +139,9 @@ func (c Config) withDefaults() Config {
 		c.Mode = contract.ModeClassic
 	}
 	c.Limits = c.Limits.withDefaults()
-	c.DeleteIdleAfter = cmp.Or(c.DeleteIdleAfter, DefaultDeleteIdleAfter)
+	if c.DeleteIdleAfter == 0 {
+		c.DeleteIdleAfter = max(DefaultDeleteIdleAfter, c.LeaseDuration)
+	}
 	return c
 }
 

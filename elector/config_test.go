@@ -37,6 +37,9 @@ func TestConfigValidate(t *testing.T) {
 		{"fractional lease duration", func(c *Config) { c.LeaseDuration = 15500 * time.Millisecond }, "whole number of seconds"},
 		{"lease duration too long", func(c *Config) { c.LeaseDuration = 2 * time.Hour }, "must lie within"},
 		{"negative", func(c *Config) { c.RetryPeriod = -time.Second }, "must not be negative"},
+		{"a lease duration longer than the default idle time", func(c *Config) {
+			c.LeaseDuration, c.RenewDeadline, c.RenewPeriod, c.RetryPeriod = time.Hour, 50*time.Minute, 10*time.Minute, time.Minute
+		}, ""},
 		{"never delete idle Leases", func(c *Config) { c.DeleteIdleAfter = -time.Second }, ""},
 		{"delete idle Leases after a lease duration", func(c *Config) { c.DeleteIdleAfter = 15 * time.Second }, ""},
 		{"delete idle Leases sooner than a lease duration", func(c *Config) { c.DeleteIdleAfter = 14 * time.Second }, "delete-idle-leases-after 14s must be at least the lease duration 15s"},

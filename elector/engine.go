@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -457,6 +458,21 @@ func (e *Engine) recordIssued(lease string, token uint64) {
 	e.imu.Lock()
 	e.issued[lease] = max(e.issued[lease], token)
 	e.imu.Unlock()
+}
+
+// goneFromCache reports whether the informer has synced past resourceVersion rv, a version of
+// lease this side-car knows, and its cache has no such Lease: it was deleted since. The informer
+// may never have had the version (learned from a write's response while its watch was down), so
+// that the deletion comes with no event. A cache that lags behind its resourceVersion for a
+// moment can make it answer true too early; that costs a create that meets AlreadyExists, never
+// a grant.
+func (e *Engine) goneFromCache(lease string, rv uint64) bool {
+	synced, err := strconv.ParseUint(e.informer.LastSyncResourceVersion(), 10, 64)
+	if err != nil || synced <= rv {
+		return false
+	}
+	_, exists, err := e.informer.GetStore().GetByKey(e.cfg.Namespace + "/" + lease)
+	return err == nil && !exists
 }
 
 // onLeaseEvent applies a Lease event; regressed accepts a version older than the known one.

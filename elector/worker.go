@@ -229,7 +229,16 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 				continue
 			}
 			if n.stale {
-				return nil, wake // the informer will deliver the version that won
+				if n.e.goneFromCache(n.lease, n.rv) {
+					// Deleted after a version this side-car learned only from its own write,
+					// while its watch was down: no event will ever say so.
+					n.obj, n.stale = nil, false
+					n.publish(now)
+					continue
+				}
+				// The informer will deliver the version that won; look at its cache again
+				// after a retry period, in case its watch is down and the Lease is gone.
+				return nil, earliest(wake, now.Add(cfg.RetryPeriod))
 			}
 			return nil, earliest(wake, n.retryAt)
 		}

@@ -263,6 +263,12 @@ var regressionSeeds = []struct {
 	{12441, "foreign_lease for our own Lease"}, {23400, "foreign_lease for our own Lease"},
 	{26107, "foreign_lease for our own Lease"}, {26204, "foreign_lease for our own Lease"},
 	{32664, "foreign_lease for our own Lease"}, {38654, "foreign_lease for our own Lease"},
+	// A side-car whose watch was down learned a Lease only from its own writes' responses; it
+	// lost a race for it, and waited for the winner's version, but the Lease was deleted (idle)
+	// before its informer relisted, and a Lease the informer never had brings no event when it
+	// is gone: the waiter waited for ever. Found by the short run of `make test` once idle
+	// Leases were deleted.
+	{149, "a waiter stuck on a Lease deleted while its side-car's watch was down"},
 }
 
 func TestSimRegressions(t *testing.T) {
