@@ -159,11 +159,23 @@ func (e *Engine) deleteIdle(n *nameState, rv string) string {
 		log.V(1).Info("deleted an idle Lease", "idleFor", e.cfg.DeleteIdleAfter)
 	case apierrors.IsConflict(err), apierrors.IsNotFound(err):
 		// Written or deleted since this side-car's cache saw it: not again until the cache has
-		// another version, so that a cache that lags (a broken watch) costs one request.
+		// another version, so that a cache that lags (a broken watch) costs one request. A
+		// version known only from this side-car's own write, while its watch was down, brings
+		// no event when it is deleted: once the cache has synced past it without it, the name
+		// is forgotten here.
 		result = "raced"
 		n.mu.Lock()
 		n.raced = rv
+		gone := apierrors.IsNotFound(err) && n.obj != nil && n.obj.ResourceVersion == rv && e.goneFromCache(n.lease, n.rv)
+		if gone {
+			n.obj, n.stale = nil, false
+			n.publish(e.clock.Now())
+		}
+		forget := gone && !n.interested() && !n.running
 		n.mu.Unlock()
+		if forget {
+			e.maybeRemove(n)
+		}
 	case apierrors.IsForbidden(err):
 		result = "forbidden"
 		if e.idleForbiddenLogged.CompareAndSwap(false, true) {

@@ -3,6 +3,7 @@ package elector
 import (
 	"cmp"
 	"context"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -247,6 +248,31 @@ func TestForgottenNamesKeepTheirFloorForCreates(t *testing.T) {
 		g2 := b.mustAcquire(s.Key(), "x")
 		if tokenNum(t, g2.Token) <= tokenNum(t, g.Token) {
 			t.Errorf("got token %s after the recreate; want above %s", g2.Token, g.Token)
+		}
+	})
+}
+
+// After etcd is restored from a backup, a create whose revision would not exceed the floor of
+// forgotten names is given back, and the takeovers of the Lease given back are held to that
+// floor too: no token at or below one granted here is granted again.
+func TestForgottenFloorHoldsAfterARestore(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBedWith(t, Config{PodName: "pod-a", DeleteIdleAfter: idleAfter}, nil, nil)
+		s := b.open()
+		g := b.mustAcquire(s.Key(), "x")
+		if err := b.e.Release(context.Background(), s.Key(), "x", g.Token); err != nil {
+			t.Fatalf("Release: got %v; want nil", err)
+		}
+		b.walk(idleAfter + 7*time.Second) // deleted and forgotten
+		floor := tokenNum(t, g.Token)
+		b.api.Rewind(floor - 50) // the store went back in time
+
+		for _, what := range []string{"the create", "a takeover of the Lease it gave back"} {
+			_, err := b.e.Acquire(context.Background(), s.Key(), "y", wire.AcquireRequest{Try: true})
+			if codeOf(err) != wire.CodeUnavailable || !strings.Contains(err.Error(), "went backwards") {
+				t.Fatalf("%s, at revisions below token %d: got %v; want %s saying the versions went backwards", what, floor, err, wire.CodeUnavailable)
+			}
+			b.step(contract.DefaultRetryPeriod)
 		}
 	})
 }

@@ -483,6 +483,11 @@ func (n *nameState) grantFailed(a *action, err error, now time.Time) {
 	conflict := apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err)
 	switch {
 	case isRefusal(err):
+		if a.op == opCreate && errors.Is(err, errBelowFloor) {
+			// The floor came from forgotten names (createFloor): the takeovers of the Lease
+			// just given back must be held to it too.
+			n.e.recordIssued(n.lease, a.floor)
+		}
 		n.refuse(err, now)
 	case conflict:
 		log.V(1).Info("lost a race for the Lease; waiting for the winner's version", "op", a.op)

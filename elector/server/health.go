@@ -44,7 +44,8 @@ func NewHealthHandler(e *elector.Engine, g prometheus.Gatherer) http.Handler {
 			var b strings.Builder
 			check := func(name string, err error) {
 				if err != nil {
-					fmt.Fprintf(&b, "[-]%s: %v\n", name, err)
+					// One line each: readers (syncctl sidecars) take a check per line.
+					fmt.Fprintf(&b, "[-]%s: %s\n", name, strings.ReplaceAll(err.Error(), "\n", " "))
 				} else {
 					fmt.Fprintf(&b, "[+]%s ok\n", name)
 				}

@@ -104,9 +104,10 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 	fs.IntVar(&s.Limits.MaxWatches, "max-watches", 0, usage("max-watches", contract.EnvMaxWatches,
 		fmt.Sprintf("Lock and election watch streams open at once; beyond it 429 too_many. Default %d.", elector.DefaultMaxWatches)))
 	fs.DurationVar(&s.DeleteIdleAfter, "delete-idle-leases-after", 0, usage("delete-idle-leases-after", contract.EnvDeleteIdleLeasesAfter,
-		"Delete a Lease nobody has held or used for this long (conditional on its resourceVersion,\n"+
-			"so never one just granted); RBAC needs delete. At least --lease-duration; a negative\n"+
-			"value never deletes. Default "+elector.DefaultDeleteIdleAfter.String()+"."))
+		"Delete a Lease this long after its release (or a lease duration plus this long after its\n"+
+			"holder's last renewal) if nothing of this Pod uses it, conditional on its resourceVersion,\n"+
+			"so never one just granted; RBAC needs delete. At least --lease-duration; a negative value\n"+
+			"never deletes. Default "+elector.DefaultDeleteIdleAfter.String()+" (or --lease-duration, if longer)."))
 	fs.StringVar(&s.Kubeconfig, "kubeconfig", "", usage("kubeconfig", "KUBECONFIG",
 		"Kubeconfig `file`, to run outside a cluster. Default: the in-cluster service account."))
 	fs.IntVar(&s.LogLevel, "v", 0, usage("v", contract.EnvLogLevel,

@@ -13,7 +13,10 @@ import (
 
 // explain turns an error of a request to the API server into one that says what went wrong in
 // terms of the cluster: unreachable, timed out, unauthorized, forbidden.
-func (c *cli) explain(err error) error {
+func (c *cli) explain(err error) error { return c.explainNeeding(err, "get, list and watch on leases") }
+
+// explainNeeding is explain for a command whose requests need the permissions needs.
+func (c *cli) explainNeeding(err error, needs string) error {
 	server := c.host
 	if server == "" {
 		server = "(unknown)"
@@ -30,7 +33,7 @@ func (c *cli) explain(err error) error {
 		if !strings.Contains(msg, "forbidden") {
 			msg = "forbidden: " + msg
 		}
-		return fmt.Errorf("%s (reading needs get, list and watch on leases)", msg)
+		return fmt.Errorf("%s (reading needs %s)", msg, needs)
 	case errors.As(err, &status):
 		return errors.New(apiMessage(err))
 	case errors.As(err, &uerr):

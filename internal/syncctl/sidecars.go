@@ -8,9 +8,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -95,16 +97,39 @@ func (c *cli) sidecars(ctx context.Context, o sidecarsOptions) error {
 	pods, err := cs.CoreV1().Pods(ns).List(cctx, metav1.ListOptions{FieldSelector: "status.phase=Running"})
 	cancel()
 	if err != nil {
-		return c.explain(err)
+		return c.explainNeeding(err, sidecarsNeeds)
 	}
+	// A few side-cars at a time, so that unreachable Pods cost about their number over
+	// sidecarsAtOnce timeouts, not one each.
 	list := SidecarList{Items: []SidecarHealth{}}
+	var targets []*corev1.Pod
+	var ports []int32
 	for i := range pods.Items {
-		p := &pods.Items[i]
-		port, ok := healthPort(p)
-		if !ok {
-			continue
+		if port, ok := healthPort(&pods.Items[i]); ok {
+			targets, ports = append(targets, &pods.Items[i]), append(ports, port)
 		}
-		list.Items = append(list.Items, c.sidecarHealth(ctx, cs, p, port))
+	}
+	list.Items = make([]SidecarHealth, len(targets))
+	errs := make([]error, len(targets))
+	sem := make(chan struct{}, sidecarsAtOnce)
+	var wg sync.WaitGroup
+	for i, p := range targets {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			list.Items[i], errs[i] = c.sidecarHealth(ctx, cs, p, ports[i])
+		})
+	}
+	wg.Wait()
+	var forbidden error
+	for _, err := range errs {
+		if apierrors.IsForbidden(err) {
+			forbidden = err
+		}
+	}
+	if forbidden != nil && !slices.ContainsFunc(list.Items, func(h SidecarHealth) bool { return h.Error == "" }) {
+		// Not one side-car could be asked: say why, as the other commands do, not in every row.
+		return c.explainNeeding(forbidden, sidecarsNeeds)
 	}
 	slices.SortFunc(list.Items, func(a, b SidecarHealth) int {
 		return strings.Compare(a.Namespace+"/"+a.Pod, b.Namespace+"/"+b.Pod)
@@ -116,11 +141,7 @@ func (c *cli) sidecars(ctx context.Context, o sidecarsOptions) error {
 		return writeYAML(c.out, list, false)
 	}
 	if len(list.Items) == 0 {
-		where := fmt.Sprintf("namespace %q", ns)
-		if o.allNamespaces {
-			where = "any namespace"
-		}
-		_, err := fmt.Fprintf(c.out, "No running side-cars in %s.\n", where)
+		_, err := fmt.Fprintln(c.out, "No resources found.")
 		return err
 	}
 	return printSidecars(c.out, list.Items, o.allNamespaces)
@@ -143,26 +164,35 @@ func healthPort(p *corev1.Pod) (int32, bool) {
 	return 0, false
 }
 
-// sidecarHealth asks the side-car of p for /readyz?verbose through the API server.
-func (c *cli) sidecarHealth(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod, port int32) SidecarHealth {
+// sidecarsAtOnce bounds the side-cars the sidecars command asks at once.
+const sidecarsAtOnce = 8
+
+// sidecarsNeeds are the permissions of the sidecars command.
+const sidecarsNeeds = "list on pods and get on pods/proxy"
+
+// sidecarHealth asks the side-car of p for /readyz?verbose through the API server, and returns
+// the error of the request too when its health could not be read.
+func (c *cli) sidecarHealth(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod, port int32) (SidecarHealth, error) {
 	h := SidecarHealth{Namespace: p.Namespace, Pod: p.Name}
 	cctx, cancel := c.callContext(ctx)
 	defer cancel()
 	body, err := cs.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(int(port)), "readyz", map[string]string{"verbose": ""}).DoRaw(cctx)
 	h.Serving, h.APIServer = parseReadyz(string(body))
 	if h.Serving == "" {
+		// The API server's own answer (forbidden, a refused connection) is a Status, which the
+		// client does not decode for a proxied request.
+		if st := (metav1.Status{}); json.Unmarshal(body, &st) == nil && st.Kind == "Status" && st.Message != "" {
+			err = apierrors.FromObject(&st)
+		}
 		msg := "no answer"
-		var st metav1.Status
-		switch {
-		case json.Unmarshal(body, &st) == nil && st.Message != "":
-			msg = oneLine(st.Message) // the proxy's own error, such as a refused connection
-		case err != nil:
+		if err != nil {
 			msg = oneLine(apiMessage(err))
 		}
 		h.Error = "cannot read its health port " + strconv.Itoa(int(port)) + " through the API server: " + msg
 		h.APIServer = ""
+		return h, err
 	}
-	return h
+	return h, nil
 }
 
 // parseReadyz reads the checks of the side-car's /readyz?verbose answer (elector/server's health
@@ -203,17 +233,26 @@ func parseReadyz(body string) (serving, api string) {
 	return serving, api
 }
 
+// printSidecars writes the side-cars as a table: POD, SERVING, API SERVER, and ERROR when one
+// could not be read. What a side-car says is escaped like every text that comes from a Pod.
 func printSidecars(w io.Writer, items []SidecarHealth, allNamespaces bool) error {
 	tw := tabwriter.NewWriter(w, 6, 4, 3, ' ', 0)
 	header := []string{"POD", "SERVING", "API SERVER"}
+	failed := slices.ContainsFunc(items, func(h SidecarHealth) bool { return h.Error != "" })
+	if failed {
+		header = append(header, "ERROR")
+	}
 	if allNamespaces {
 		header = append([]string{"NAMESPACE"}, header...)
 	}
 	fmt.Fprintln(tw, strings.Join(header, "\t"))
 	for _, h := range items {
-		row := []string{h.Pod, h.Serving, h.APIServer}
+		row := []string{h.Pod, printable(h.Serving), printable(h.APIServer)}
 		if h.Error != "" {
-			row = []string{h.Pod, "unknown", h.Error}
+			row = []string{h.Pod, "unknown", "unknown"}
+		}
+		if failed {
+			row = append(row, printable(h.Error))
 		}
 		if allNamespaces {
 			row = append([]string{h.Namespace}, row...)

@@ -45,7 +45,7 @@ func proxyStandIn(t *testing.T, pods []corev1.Pod, health map[string]struct {
 			if !ok {
 				w.Header().Set("Content-Type", "application/json")
 				w.WriteHeader(http.StatusServiceUnavailable)
-				_, _ = w.Write([]byte(`{"kind":"Status","apiVersion":"v1","status":"Failure","message":"error trying to reach service: dial tcp 10.1.0.9:13132: connect: connection refused","reason":"ServiceUnavailable","code":503}`))
+				_, _ = w.Write([]byte(`{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"error trying to reach service: dial tcp 10.1.0.9:13132: connect: connection refused","reason":"ServiceUnavailable","code":503}`))
 				return
 			}
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -64,6 +64,34 @@ func proxyStandIn(t *testing.T, pods []corev1.Pod, health map[string]struct {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// Without get on pods/proxy not one side-car can be asked: the command fails, saying so, as the
+// other commands do when RBAC forbids what they read.
+func TestSidecarsWithoutProxyRights(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path == "/api/v1/namespaces/shop/pods" {
+			_ = json.NewEncoder(w).Encode(corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"},
+				Items: []corev1.Pod{podWith("web-0", corev1.Container{Name: contract.SidecarContainer})}})
+			return
+		}
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = w.Write([]byte(`{"kind":"Status","apiVersion":"v1","status":"Failure","message":"pods \"web-0\" is forbidden: User \"dev\" cannot get resource \"pods/proxy\" in API group \"\" in the namespace \"shop\"","reason":"Forbidden","code":403}`))
+	}))
+	t.Cleanup(srv.Close)
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: " + srv.URL + "}}]\n" +
+		"users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u, namespace: shop}}]\ncurrent-context: x\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	code := Run(context.Background(), "syncctl", []string{"--kubeconfig", path, "sidecars"}, &out, &errOut)
+	want := `cannot get resource "pods/proxy"`
+	if code != 1 || out.Len() > 0 || !strings.Contains(errOut.String(), want) || !strings.Contains(errOut.String(), "(reading needs list on pods and get on pods/proxy)") {
+		t.Errorf("got exit %d, stdout %q, stderr %q; want exit 1, nothing, and the refusal with what reading needs", code, out.String(), errOut.String())
+	}
 }
 
 func podWith(name string, containers ...corev1.Container) corev1.Pod {
@@ -135,10 +163,10 @@ func TestSidecarsReportsWhatEachSidecarSays(t *testing.T) {
 		t.Fatalf("table: got exit %d, stderr %q; want 0", code, errOut.String())
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 6 || strings.Join(strings.Fields(lines[0]), " ") != "POD SERVING API SERVER" {
-		t.Fatalf("table: got\n%s\nwant a header and 5 rows", out.String())
+	if len(lines) != 6 || strings.Join(strings.Fields(lines[0]), " ") != "POD SERVING API SERVER ERROR" {
+		t.Fatalf("table: got\n%s\nwant a header with ERROR and 5 rows", out.String())
 	}
-	for _, want := range []string{"web-1   ok   forbidden: RBAC forbids update", "gone    unknown   cannot read its health port 14001"} {
+	for _, want := range []string{"web-1   ok   forbidden: RBAC forbids update", "gone    unknown   unknown   cannot read its health port 14001"} {
 		if !strings.Contains(strings.Join(strings.Fields(out.String()), " "), strings.Join(strings.Fields(want), " ")) {
 			t.Errorf("table: got\n%s\nwant a row %q", out.String(), want)
 		}

@@ -2,8 +2,10 @@
 // fake clientset whose Lease writes behave like the API server's on etcd (every write gets the
 // next revision as its resourceVersion; an Update whose resourceVersion is not the stored one
 // fails with Conflict; a Create of an existing Lease fails with AlreadyExists), with hooks that
-// fail or delay writes, and a record of the writes (deletes among them). A Delete honours a resourceVersion
-// precondition, as kube-apiserver does. Any other verb fails the test.
+// fail or delay writes, and a record of the writes (deletes among them). A Delete honours a
+// resourceVersion precondition, as kube-apiserver does, but its watch event carries the last
+// version's resourceVersion, not a revision of its own as kube-apiserver's (and internal/sim's)
+// does. Any other verb fails the test.
 //
 // It is not a model of the API server's watch: events are delivered as client-go's fake
 // delivers them, in order and at once.
@@ -222,6 +224,13 @@ func (f *API) RemoveLocked(name string) {
 	if err := f.cs.Tracker().Delete(leasesGVR, Namespace, name); err != nil {
 		f.t.Errorf("deleting Lease %s: %v", name, err)
 	}
+}
+
+// Rewind makes the next write's revision rev+1, as after etcd was restored from a backup.
+func (f *API) Rewind(rev uint64) {
+	f.mu.Lock()
+	f.rev = rev
+	f.mu.Unlock()
 }
 
 // Get returns the stored Lease, or nil.
