@@ -32,7 +32,7 @@ func (b *bed) walk(d time.Duration) {
 func deletes(writes []string) int {
 	c := 0
 	for _, w := range writes {
-		if len(w) > 7 && w[:7] == "delete " {
+		if strings.HasPrefix(w, "delete ") {
 			c++
 		}
 	}

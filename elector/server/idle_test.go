@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -14,10 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/watch"
-	"sigs.k8s.io/yaml"
 
 	"github.com/metaparticle-io/sync/elector"
-	"github.com/metaparticle-io/sync/internal/testenv"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -93,18 +89,7 @@ func TestIntegrationIdleLeasesAreDeleted(t *testing.T) {
 // delete verb nothing is deleted, it counts the refusals, and locks work.
 func TestIntegrationIdleDeletionRBAC(t *testing.T) {
 	ns := env.Namespace(t)
-	root, err := testenv.ModuleRoot()
-	if err != nil {
-		t.Fatalf("ModuleRoot: got %v; want nil", err)
-	}
-	data, err := os.ReadFile(filepath.Join(root, "deploy", "rbac", "sidecar-role.yaml"))
-	if err != nil {
-		t.Fatalf("reading the Role: got %v; want nil", err)
-	}
-	var role rbacv1.Role
-	if err := yaml.UnmarshalStrict(data, &role); err != nil {
-		t.Fatalf("deploy/rbac/sidecar-role.yaml: got %v; want a Role", err)
-	}
+	role := shippedRole(t)
 	noDelete := role.DeepCopy()
 	noDelete.Name += "-without-delete"
 	noDelete.Rules[0].Verbs = slices.DeleteFunc(slices.Clone(role.Rules[0].Verbs), func(v string) bool { return v == "delete" })

@@ -836,8 +836,9 @@ func TestIntegrationShutdownHandsOverAtOnce(t *testing.T) {
 // TestIntegrationRBACRole runs a side-car as a service account bound to the Role of
 // deploy/rbac/sidecar-role.yaml, proving the Role is enough, and one without it, which is not
 // ready and says why.
-func TestIntegrationRBACRole(t *testing.T) {
-	ns := env.Namespace(t)
+// shippedRole reads the side-car's Role, deploy/rbac/sidecar-role.yaml.
+func shippedRole(t *testing.T) rbacv1.Role {
+	t.Helper()
 	root, err := testenv.ModuleRoot()
 	if err != nil {
 		t.Fatalf("ModuleRoot: got %v; want nil", err)
@@ -850,6 +851,12 @@ func TestIntegrationRBACRole(t *testing.T) {
 	if err := yaml.UnmarshalStrict(data, &role); err != nil {
 		t.Fatalf("deploy/rbac/sidecar-role.yaml: got %v; want a Role", err)
 	}
+	return role
+}
+
+func TestIntegrationRBACRole(t *testing.T) {
+	ns := env.Namespace(t)
+	role := shippedRole(t)
 	ctx := context.Background()
 	cs := env.Clientset
 	for _, sa := range []string{"bound", "unbound"} {

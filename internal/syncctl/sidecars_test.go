@@ -57,13 +57,7 @@ func proxyStandIn(t *testing.T, pods []corev1.Pod, health map[string]struct {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	cfg := "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: " + srv.URL + "}}]\n" +
-		"users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u, namespace: shop}}]\ncurrent-context: x\n"
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return standInKubeconfig(t, srv.URL)
 }
 
 // Without get on pods/proxy not one side-car can be asked: the command fails, saying so, as the
@@ -80,18 +74,26 @@ func TestSidecarsWithoutProxyRights(t *testing.T) {
 		_, _ = w.Write([]byte(`{"kind":"Status","apiVersion":"v1","status":"Failure","message":"pods \"web-0\" is forbidden: User \"dev\" cannot get resource \"pods/proxy\" in API group \"\" in the namespace \"shop\"","reason":"Forbidden","code":403}`))
 	}))
 	t.Cleanup(srv.Close)
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	cfg := "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: " + srv.URL + "}}]\n" +
-		"users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u, namespace: shop}}]\ncurrent-context: x\n"
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := standInKubeconfig(t, srv.URL)
 	var out, errOut bytes.Buffer
 	code := Run(context.Background(), "syncctl", []string{"--kubeconfig", path, "sidecars"}, &out, &errOut)
 	want := `cannot get resource "pods/proxy"`
 	if code != 1 || out.Len() > 0 || !strings.Contains(errOut.String(), want) || !strings.Contains(errOut.String(), "(reading needs list on pods and get on pods/proxy)") {
 		t.Errorf("got exit %d, stdout %q, stderr %q; want exit 1, nothing, and the refusal with what reading needs", code, out.String(), errOut.String())
 	}
+}
+
+// standInKubeconfig writes a kubeconfig for an HTTP stand-in of the API server at url, in
+// namespace shop.
+func standInKubeconfig(t *testing.T, url string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: " + url + "}}]\n" +
+		"users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u, namespace: shop}}]\ncurrent-context: x\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func podWith(name string, containers ...corev1.Container) corev1.Pod {
