@@ -427,6 +427,13 @@ func (v *Verdict) checkOverlap(holds map[string]*holdOps, order []string) {
 	flush()
 }
 
+// releasedOnLease reports whether the Lease was seen released, still carrying token, before due.
+func releasedOnLease(h *History, token uint64, due time.Time) bool {
+	return slices.ContainsFunc(h.Leases, func(c LeaseChange) bool {
+		return c.Holder == "" && c.Token == token && c.Seen.Before(due)
+	})
+}
+
 // checkToldBeforeGranted checks every handoff: each hold followed by a grant was told lost,
 // released or killed by the time of the earliest grant after it: the next announced grant (grants
 // are sorted by grant time) or a grant seen only on the Lease with a token between theirs,
@@ -521,7 +528,14 @@ func (v *Verdict) checkToldBeforeGranted(h *History, grants []*holdOps) {
 		}
 		killed := false
 		for _, f := range kills[prev.pod] {
-			if !f.Start.Before(prev.grant.Start) && !f.Start.After(due) {
+			if f.Start.After(due) || f.End.Before(prev.grant.Start) {
+				continue
+			}
+			// A kill that began after the grant; or one already under way when the grant was
+			// announced (the application was alive to announce it, then died), if the Lease
+			// shows the hold released by its side-car before the next grant: the session of a
+			// process that died ends when its connections close.
+			if !f.Start.Before(prev.grant.Start) || releasedOnLease(h, prev.token, due) {
 				killed = true
 				break
 			}

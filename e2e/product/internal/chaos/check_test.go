@@ -60,6 +60,19 @@ func TestCheckPasses(t *testing.T) {
 			}
 		},
 	}, {
+		name: "a kill under way when the grant was announced, the hold released on the Lease before the next grant",
+		build: func(b *builder) {
+			b.fault(chaos.FaultKillApp, "a", 0, 70, false) // the test's check of the holder came before the grant
+			b.grant("a/1/0", 5, 10, chaos.ResultAccepted)
+			b.h.Leases = append(b.h.Leases, chaos.LeaseChange{Seen: ms(40), Lease: "lock-x", Token: 5})
+			b.turn("b/1/0", 7, 60, 2)
+		},
+		want: func(t *testing.T, v *chaos.Verdict) {
+			if v.HandoffsKilled != 1 {
+				t.Errorf("got %d handoffs after a kill; want 1", v.HandoffsKilled)
+			}
+		},
+	}, {
 		name: "a cut-off holder is told lost before the next grant, and writes until then",
 		build: func(b *builder) {
 			b.grant("a/1/0", 5, 0, chaos.ResultAccepted)
@@ -190,6 +203,16 @@ func TestCheckFails(t *testing.T) {
 			b.write("a/1/0", 5, 0, 20, 21, chaos.ResultAccepted)
 			b.fault(chaos.FaultKillSidecar, "a", 30, 40, true) // not a kill of the application
 			gb := b.grant("b/1/0", 7, 4000, chaos.ResultAccepted)
+			return []int{ga, gb}
+		},
+		check: chaos.CheckToldBeforeGranted,
+		want:  []string{`got hold a/1/0 no end, no release and no kill-app fault on its Pod recorded`},
+	}, {
+		name: "a kill under way when the grant was announced, with no release on the Lease",
+		build: func(b *builder) []int {
+			b.fault(chaos.FaultKillApp, "a", 0, 70, false)
+			ga := b.grant("a/1/0", 5, 10, chaos.ResultAccepted)
+			gb := b.grant("b/1/0", 7, 60, chaos.ResultAccepted)
 			return []int{ga, gb}
 		},
 		check: chaos.CheckToldBeforeGranted,
