@@ -53,8 +53,9 @@ $(STATICCHECK):
 test: lint unit integration fuzz-smoke python-test bench-smoke cluster-test cluster-cycle ## Everything CI checks: lint, unit, integration (real API server), fuzz smoke runs, the Python client, the benchmark harness, the local cluster (root).
 
 .PHONY: unit
-unit: ## Unit tests with the race detector; no control plane (go test -short).
+unit: ## Unit tests with the race detector; no control plane (go test -short). The engine's run again with --watch-scope=namespace.
 	go test -race -short $(GO_TEST_FLAGS) ./...
+	ELECTOR_TEST_WATCH_SCOPE=namespace go test -race -short $(GO_TEST_FLAGS) ./elector/
 
 .PHONY: integration
 integration: control-plane cert-manager ## All tests, including those against a real kube-apiserver and etcd (envtest).

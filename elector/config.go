@@ -72,6 +72,14 @@ type Config struct {
 	// longer); a negative value never deletes. Positive values must be at least LeaseDuration.
 	DeleteIdleAfter time.Duration
 
+	// WatchScope is which Leases the side-car watches: WatchNames, only those of the names its
+	// sessions use (one watch each, kept for a while after the last use, see leasewatch.go); or
+	// WatchNamespace, every managed Lease of the namespace in one watch, which sends every
+	// renewal of every lock to every side-car and so costs the API server a number of watch
+	// events that grows with the square of the namespace's opted-in Pods (docs/scaling.md).
+	// Default WatchNames.
+	WatchScope string
+
 	// Limits bound what one side-car keeps for its Pod's processes, so that a runaway client
 	// cannot grow it until it is OOM-killed (which would cost every hold of the Pod). A request
 	// beyond a limit changes nothing and is refused with wire.CodeTooMany (HTTP 429). Zero
@@ -99,6 +107,12 @@ type Limits struct {
 // costs one create more at its next use, and a namespace that creates a name a second keeps
 // about 600 idle Leases.
 const DefaultDeleteIdleAfter = 10 * time.Minute
+
+// The values of Config.WatchScope.
+const (
+	WatchNames     = "names"
+	WatchNamespace = "namespace"
+)
 
 // Default limits: far above what one Pod's processes use, far below what would exhaust a
 // side-car's 64 MiB memory limit.
@@ -142,6 +156,9 @@ func (c Config) withDefaults() Config {
 	if c.DeleteIdleAfter == 0 {
 		c.DeleteIdleAfter = max(DefaultDeleteIdleAfter, c.LeaseDuration)
 	}
+	if c.WatchScope == "" {
+		c.WatchScope = WatchNames
+	}
 	return c
 }
 
@@ -182,6 +199,9 @@ func (c Config) Validate() error {
 	}
 	if c.DeleteIdleAfter > 0 && c.DeleteIdleAfter < c.LeaseDuration {
 		bad("delete-idle-leases-after %s must be at least the lease duration %s (or negative, to never delete)", c.DeleteIdleAfter, c.LeaseDuration)
+	}
+	if c.WatchScope != WatchNames && c.WatchScope != WatchNamespace {
+		bad("watch scope %q must be %q (the Leases of the names in use) or %q (every managed Lease of the namespace)", c.WatchScope, WatchNames, WatchNamespace)
 	}
 	for _, l := range []struct {
 		name string

@@ -28,6 +28,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad namespace", func(c *Config) { c.Namespace = "Team_A" }, "not a valid namespace"},
 		{"listen on all interfaces", func(c *Config) { c.ListenAddress = ":13131" }, "not a loopback address"},
 		{"listen on a Pod IP", func(c *Config) { c.ListenAddress = "10.0.0.7:13131" }, "not a loopback address"},
+		{"watch scope namespace", func(c *Config) { c.WatchScope = WatchNamespace }, ""},
+		{"unknown watch scope", func(c *Config) { c.WatchScope = "cluster" }, `watch scope "cluster" must be`},
 		{"listen without port", func(c *Config) { c.ListenAddress = "127.0.0.1" }, "listen address"},
 		{"bad health address", func(c *Config) { c.HealthAddress = "nope" }, "health address"},
 		{"renew deadline = lease duration", func(c *Config) { c.RenewDeadline = c.withDefaults().LeaseDuration }, "renew deadline 15s must be less than lease duration 15s"},

@@ -8,11 +8,12 @@
 // the contract with the applications' clients; package internal/contract is what the side-car
 // shares with the injector and syncctl (timing rules, environment, Lease names and labels).
 //
-// The package is arranged by feature, one file each: engine.go (lifecycle and the Lease
-// informer), session.go (sessions and their event streams), lock.go, election.go, watch.go
-// (what is observed: state, watches, expiry), namestate.go (what the Engine keeps per name),
-// worker.go (the one goroutine per name that writes its Lease: plan, do, apply), lease.go (the
-// Lease objects written), leaseclient.go, metrics.go and config.go.
+// The package is arranged by feature, one file each: engine.go (lifecycle), leasewatch.go (the
+// Lease informers: which Leases are watched, and for how long), session.go (sessions and their
+// event streams), lock.go, election.go, watch.go (what is observed: state, watches, expiry),
+// namestate.go (what the Engine keeps per name), worker.go (the one goroutine per name that
+// writes its Lease: plan, do, apply), lease.go (the Lease objects written), restart.go, idle.go,
+// health.go, leaseclient.go, metrics.go and config.go.
 //
 // # Sessions
 //
@@ -28,8 +29,9 @@
 //
 // # Waiting without polling
 //
-// One informer, scoped to the namespace and to Leases labelled
-// app.kubernetes.io/managed-by=metaparticle-sync, feeds a state per name. A name with local
+// Informers of the Leases labelled app.kubernetes.io/managed-by=metaparticle-sync feed a state
+// per name: by default one per name in use here, over that name's Lease alone, so that a
+// side-car hears only of the names its Pod uses (Config.WatchScope; see leasewatch.go). A name with local
 // holds, waiters, candidates or watchers has one worker goroutine, the only writer of its
 // Lease (see worker.go). A waiter is woken by the watch (the Lease was released, or changed) or
 // by a timer set to the instant the current holder's Lease expires: a deadline, not a poll.
@@ -102,6 +104,10 @@
 //   - Every intermediate state for watchers. A watch of an election reports the changes this
 //     side-car observed; while its watch of the API server is interrupted, changes may be
 //     coalesced.
+//   - A first use as fast as the next. With Config.WatchScope WatchNames, a name this side-car
+//     does not watch yet is listed before its first grant or read (one round trip to the API
+//     server), and another Pod's hold of it counts as renewed at that moment: the first use of a
+//     name held elsewhere by a dead holder waits a whole lease duration from then.
 //   - Exactly one Lease per name for ever. A Lease idle for Config.DeleteIdleAfter is deleted
 //     (idle.go) and created again at the name's next use; tokens keep growing across that.
 package elector

@@ -15,9 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
@@ -33,7 +30,7 @@ type Options struct {
 	// Registerer receives the Engine's metrics. Default: nil, no metrics are registered.
 	Registerer prometheus.Registerer
 	// Renewals, when set, serves the renewals of held Leases, so that with a rate budget of its
-	// own they never wait behind other work (creates, takeovers, releases, the informer's
+	// own they never wait behind other work (creates, takeovers, releases, the informers'
 	// lists) in a storm of acquires. It must reach the same Leases as the Engine's LeaseClient.
 	// Default: that LeaseClient. NewEngineForConfig sets it.
 	Renewals LeaseClient
@@ -47,9 +44,9 @@ type Options struct {
 // rate budget of new work (50 requests a second).
 const DefaultIdleDeleteRate = 10
 
-// Engine is the side-car's lock and election logic, independent of HTTP. It owns sessions, keeps
-// the Leases of its namespace in one informer, and runs one worker goroutine per name that has
-// local holds, waiters, candidates or watchers.
+// Engine is the side-car's lock and election logic, independent of HTTP. It owns sessions,
+// watches the Leases of the names in use (see leasewatch.go), and runs one worker goroutine per
+// name that has local holds, waiters, candidates or watchers.
 //
 // Create it with NewEngine, call Start, then use it from any number of goroutines; end it with
 // Shutdown (orderly: releases every hold) or Halt (abrupt: releases nothing, as if the process
@@ -63,7 +60,7 @@ type Engine struct {
 	log      logr.Logger
 	m        *metrics
 
-	informer cache.SharedIndexInformer
+	informer cache.SharedIndexInformer // WatchNamespace: every managed Lease; nil with WatchNames (see leasewatch.go)
 	synced   atomic.Bool
 	closing  atomic.Bool // set by Shutdown: no new work is accepted
 	started  atomic.Bool
@@ -78,13 +75,12 @@ type Engine struct {
 	mu    sync.Mutex            // protects names
 	names map[string]*nameState // by Lease name
 
-	hmu         sync.Mutex // protects informerErr, informerErrRV and writeErr; taken last, like imu
-	informerErr error      // the informer's last list/watch error, until it lists or watches again
-	// informerErrRV is the informer's last synced resourceVersion when informerErr was seen: a
-	// new one means that it has listed or watched since.
-	informerErrRV string
-	writeErr      error     // the last failed write's error, until a write succeeds or it ages
-	writeErrAt    time.Time // when writeErr was seen, on the Engine's clock
+	hmu sync.Mutex // protects informerErrs, startErr and writeErr; taken last, like imu
+	// informerErrs has each informer's last list/watch error, until it lists or watches again.
+	informerErrs map[cache.SharedIndexInformer]informerTrouble
+	startErr     error     // the start's failed list, until it succeeds
+	writeErr     error     // the last failed write's error, until a write succeeds or it ages
+	writeErrAt   time.Time // when writeErr was seen, on the Engine's clock
 
 	// dmu orders what the sessions are told about API trouble: degraded and the sessions it was
 	// posted to change together. It is taken before smu and a session's mu, never while holding
@@ -175,6 +171,7 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 		workerExited: make(chan struct{}, 1),
 		sessionEnded: make(chan struct{}, 1),
 		issued:       map[string]uint64{},
+		informerErrs: map[cache.SharedIndexInformer]informerTrouble{},
 		names:        map[string]*nameState{},
 		sessions:     map[string]*session{},
 	}
@@ -183,54 +180,17 @@ func NewEngine(cfg Config, leases LeaseClient, opts Options) (*Engine, error) {
 	}
 	e.m = newMetrics(opts.Registerer, e)
 
-	// The informer client-go's informer factory builds for Leases, but over leases: the Leases
-	// the side-car manages, no resync. A client that says it does not support streaming lists
-	// (the test adapter over client-go's fake clientset) is listed and watched the classic way.
-	selector := contract.LabelManagedBy + "=" + contract.ManagedByValue
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = selector
-			return leases.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = selector
-			return leases.Watch(ctx, o)
-		},
-	}
-	e.informer = cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, leases),
-		&coordinationv1.Lease{}, cache.SharedIndexInformerOptions{
-			Indexers: cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
-		})
-	if _, err := e.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { e.onLease(obj, false) },
-		UpdateFunc: e.onLeaseUpdate,
-		DeleteFunc: func(obj any) { e.onLease(obj, true) },
-	}); err != nil {
-		cancel()
-		return nil, err
-	}
-	// The cache keeps what the Engine reads and writes back. managedFields, most of a Lease's
-	// bytes, go: the API server keeps a Lease's own when an Update omits them. The object is
-	// the informer's (decoded for it), but written only when there is something to drop: fakes
-	// hand the same object to others.
-	if err := e.informer.SetTransform(func(obj any) (any, error) {
-		if l, ok := obj.(*coordinationv1.Lease); ok && l.ManagedFields != nil {
-			l.ManagedFields = nil
+	if cfg.WatchScope == WatchNamespace {
+		inf, _, err := e.newLeaseInformer("", cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { e.onLeaseEvent(obj, false, false) },
+			UpdateFunc: func(old, obj any) { e.onLeaseEvent(obj, false, e.regressed(old, obj)) },
+			DeleteFunc: func(obj any) { e.onLeaseEvent(obj, true, false) },
+		}, nil)
+		if err != nil {
+			cancel()
+			return nil, err
 		}
-		return obj, nil
-	}); err != nil {
-		cancel()
-		return nil, err
-	}
-	if err := e.informer.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
-		rv := e.informer.LastSyncResourceVersion()
-		e.hmu.Lock()
-		e.informerErr, e.informerErrRV = err, rv
-		e.hmu.Unlock()
-		cache.DefaultWatchErrorHandler(ctx, r, err)
-	}); err != nil {
-		cancel()
-		return nil, err
+		e.informer = inf
 	}
 	return e, nil
 }
@@ -245,14 +205,14 @@ func (e *Engine) Clock() clock.WithTickerAndDelayedExecution { return e.clock }
 // Logger returns the Engine's logger, with the Pod's name and namespace.
 func (e *Engine) Logger() logr.Logger { return e.log }
 
-// Start runs the Lease informer and returns when its cache has synced, or with an error when
-// ctx ends or the Engine stops first. Until then every method that needs the Leases fails with
-// wire.CodeUnavailable. Start may be called once.
+// Start lists the Leases its Pod's previous side-car held (see restart.go) and, with
+// WatchNamespace, runs the namespace's Lease informer until its cache has synced; it returns
+// then, or with an error when ctx ends or the Engine stops first. Until then every method that
+// needs the Leases fails with wire.CodeUnavailable. Start may be called once.
 func (e *Engine) Start(ctx context.Context) error {
 	if !e.started.CompareAndSwap(false, true) {
 		return errors.New("Engine.Start called twice")
 	}
-	go e.informer.RunWithContext(e.ctx)
 	stop := make(chan struct{})
 	go func() {
 		select {
@@ -261,18 +221,25 @@ func (e *Engine) Start(ctx context.Context) error {
 		}
 		close(stop)
 	}()
-	if !cache.WaitForCacheSync(stop, e.informer.HasSynced) {
-		if err := e.readyErr(); err != nil {
-			return fmt.Errorf("the Lease informer did not sync: %w", err)
+	if e.informer != nil {
+		go e.informer.RunWithContext(e.ctx)
+		if !cache.WaitForCacheSync(stop, e.informer.HasSynced) {
+			if err := e.readyErr(); err != nil {
+				return fmt.Errorf("the Lease informer did not sync: %w", err)
+			}
+			return errors.New("the Lease informer did not sync before the side-car stopped")
 		}
-		return errors.New("the Lease informer did not sync before the side-car stopped")
+		e.noteWatch(e.informer)
 	}
-	e.noteWatch()
-	e.freeOwnDeadHolds(ctx)
+	dead, err := e.listOwnHolds(ctx, stop)
+	if err != nil {
+		return err
+	}
+	e.freeOwnDeadHolds(ctx, dead)
 	e.synced.Store(true)
 	go e.reportHealth()
 	go e.deleteIdleLeases()
-	e.log.Info("Lease informer synced; serving", "leaseDuration", e.cfg.LeaseDuration,
+	e.log.Info("serving", "watchScope", e.cfg.WatchScope, "leaseDuration", e.cfg.LeaseDuration,
 		"renewDeadline", e.cfg.RenewDeadline, "renewPeriod", e.cfg.RenewPeriod, "retryPeriod", e.cfg.RetryPeriod,
 		"deleteIdleLeasesAfter", e.cfg.DeleteIdleAfter)
 	return nil
@@ -393,36 +360,33 @@ func (e *Engine) accepting() error {
 		return wire.Errorf(wire.CodeShuttingDown, "the side-car is shutting down")
 	}
 	if !e.synced.Load() {
-		return wire.Errorf(wire.CodeUnavailable, "the side-car is not ready: its Lease informer has not synced (see /readyz)")
+		return wire.Errorf(wire.CodeUnavailable, "the side-car is not ready: it has not synced with the API server (see /readyz)")
 	}
 	return nil
 }
 
-// onLease feeds an informer event to the name it concerns.
-func (e *Engine) onLease(obj any, deleted bool) { e.onLeaseEvent(obj, deleted, false) }
-
-// onLeaseUpdate handles the informer's update of a Lease from old to obj. A new version whose
-// resourceVersion is below the old one's cannot happen while the API server's storage only moves
-// forward: it means etcd was restored from a backup (or replaced), and the informer relisted.
-// Every version this side-car knows may be from the future of the restored store, so the name is
-// resynchronised to the version now served, its local hold is lost, and no token at or below one
-// already granted here is granted again (issuedFloor).
-func (e *Engine) onLeaseUpdate(old, obj any) {
+// regressed reports whether the informer's update of a Lease from old to obj went back in time.
+// A new version whose resourceVersion is below the old one's cannot happen while the API
+// server's storage only moves forward: it means etcd was restored from a backup (or replaced),
+// and the informer relisted. Every version this side-car knows may be from the future of the
+// restored store, so the name is resynchronised to the version now served, its local hold is
+// lost, and no token at or below one already granted here is granted again (issuedFloor).
+func (e *Engine) regressed(old, obj any) bool {
 	o, ok1 := old.(*coordinationv1.Lease)
 	l, ok2 := obj.(*coordinationv1.Lease)
-	if ok1 && ok2 {
-		orv, err1 := parseRV(o)
-		nrv, err2 := parseRV(l)
-		if err1 == nil && err2 == nil && nrv < orv {
-			e.m.regressions.Inc()
-			e.log.Error(nil, "a Lease's resourceVersion went backwards: was etcd restored from a backup? Resynchronising the name; its hold here is lost, "+
-				"and no fencing token at or below one already granted by this side-car will be granted (see docs/api.md, Restoring etcd)",
-				"lease", l.Name, "from", o.ResourceVersion, "to", l.ResourceVersion)
-			e.onLeaseEvent(obj, false, true)
-			return
-		}
+	if !ok1 || !ok2 {
+		return false
 	}
-	e.onLeaseEvent(obj, false, false)
+	orv, err1 := parseRV(o)
+	nrv, err2 := parseRV(l)
+	if err1 != nil || err2 != nil || nrv >= orv {
+		return false
+	}
+	e.m.regressions.Inc()
+	e.log.Error(nil, "a Lease's resourceVersion went backwards: was etcd restored from a backup? Resynchronising the name; its hold here is lost, "+
+		"and no fencing token at or below one already granted by this side-car will be granted (see docs/api.md, Restoring etcd)",
+		"lease", l.Name, "from", o.ResourceVersion, "to", l.ResourceVersion)
+	return true
 }
 
 // issuedFloor returns the highest token this side-car has granted for lease, 0 if none: a
@@ -460,29 +424,28 @@ func (e *Engine) recordIssued(lease string, token uint64) {
 	e.imu.Unlock()
 }
 
-// goneFromCache reports whether the informer has synced past resourceVersion rv, a version of
-// lease this side-car knows, and its cache has no such Lease: it was deleted since. The informer
-// may never have had the version (learned from a write's response while its watch was down), so
-// that the deletion comes with no event. A cache that lags behind its resourceVersion for a
-// moment can make it answer true too early; that costs a create that meets AlreadyExists, never
-// a grant.
-func (e *Engine) goneFromCache(lease string, rv uint64) bool {
-	synced, err := strconv.ParseUint(e.informer.LastSyncResourceVersion(), 10, 64)
+// goneFromCache reports whether n's informer has synced past resourceVersion rv, a version of
+// n's Lease this side-car knows, and its cache has no such Lease: it was deleted since. The
+// informer may never have had the version (learned from a write's response while its watch was
+// down), so that the deletion comes with no event. A cache that lags behind its resourceVersion
+// for a moment can make it answer true too early; that costs a create that meets AlreadyExists,
+// never a grant. Called with n.mu held.
+func (n *nameState) goneFromCache(rv uint64) bool {
+	inf := n.cache()
+	synced, err := strconv.ParseUint(inf.LastSyncResourceVersion(), 10, 64)
 	if err != nil || synced <= rv {
 		return false
 	}
-	_, exists, err := e.informer.GetStore().GetByKey(e.cfg.Namespace + "/" + lease)
+	_, exists, err := inf.GetStore().GetByKey(n.e.cfg.Namespace + "/" + n.lease)
 	return err == nil && !exists
 }
 
-// onLeaseEvent applies a Lease event; regressed accepts a version older than the known one.
+// onLeaseEvent applies an event of the namespace's informer (WatchNamespace); regressed
+// accepts a version older than the known one.
 func (e *Engine) onLeaseEvent(obj any, deleted, regressed bool) {
-	e.noteWatch()
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
-	l, ok := obj.(*coordinationv1.Lease)
-	if !ok {
+	e.noteWatch(e.informer)
+	l := leaseOf(obj)
+	if l == nil {
 		return
 	}
 	kind := wire.Kind(l.Labels[contract.LabelKind])
@@ -498,6 +461,7 @@ func (e *Engine) onLeaseEvent(obj any, deleted, regressed bool) {
 				return
 			}
 			n = newNameState(e, l.Name, kind, "")
+			n.synced = true
 			e.names[l.Name] = n
 		}
 		e.mu.Unlock()
@@ -506,13 +470,18 @@ func (e *Engine) onLeaseEvent(obj any, deleted, regressed bool) {
 			n.mu.Unlock()
 			continue
 		}
-		n.observe(l, deleted, regressed, e.clock.Now())
-		removable := deleted && !n.interested() && !n.running
-		n.mu.Unlock()
-		if removable {
-			e.maybeRemove(n)
-		}
+		e.applyEvent(n, l, deleted, regressed)
 		return
+	}
+}
+
+// applyEvent applies an informer's event of n's Lease l, with n.mu held, and unlocks it.
+func (e *Engine) applyEvent(n *nameState, l *coordinationv1.Lease, deleted, regressed bool) {
+	n.observe(l, deleted, regressed, e.clock.Now())
+	removable := deleted && !n.interested() && !n.running
+	n.mu.Unlock()
+	if removable {
+		e.maybeRemove(n)
 	}
 }
 
@@ -525,6 +494,12 @@ func (e *Engine) lockName(kind wire.Kind, name string) (*nameState, error) {
 		n := e.names[lease]
 		if n == nil {
 			n = newNameState(e, lease, kind, name)
+			if e.informer != nil {
+				n.synced = true // the namespace's informer has every Lease
+			} else if err := e.watchName(n); err != nil {
+				e.mu.Unlock()
+				return nil, err
+			}
 			e.names[lease] = n
 		}
 		e.mu.Unlock()
@@ -533,6 +508,7 @@ func (e *Engine) lockName(kind wire.Kind, name string) (*nameState, error) {
 			n.mu.Unlock()
 			continue
 		}
+		n.usedAt = e.clock.Now()
 		if n.name == "" {
 			n.name = name
 		}
@@ -567,18 +543,26 @@ func (e *Engine) peekName(kind wire.Kind, name string) (*nameState, error) {
 
 // maybeRemove forgets n if it has no Lease and no local interest, so that names looked at once,
 // and names whose Lease was deleted (see idle.go), do not accumulate.
-func (e *Engine) maybeRemove(n *nameState) {
+func (e *Engine) maybeRemove(n *nameState) { e.forget(n, true) }
+
+// forget forgets n if nothing local uses it and, when gone is set, it has no Lease: its state,
+// its informer (WatchNames) and, for a name whose Lease is gone, its fencing-token floor, which
+// joins the floor of creates.
+func (e *Engine) forget(n *nameState, gone bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.removed || n.obj != nil || n.interested() || n.running {
+	if n.removed || gone && n.obj != nil || n.interested() || n.running {
 		return
 	}
 	n.removed = true
+	n.unwatch()
 	if e.names[n.lease] == n {
 		delete(e.names, n.lease)
-		e.forgetIssued(n.lease)
+		if gone {
+			e.forgetIssued(n.lease)
+		}
 	}
 }
 

@@ -983,7 +983,13 @@ func TestCacheDropsManagedFields(t *testing.T) {
 		l.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationUpdate}}
 		api.Put(l)
 		b := newBed(t, "pod-a", api, nil)
-		objs := b.e.informer.GetStore().List()
+		if _, err := b.e.State(wire.KindLock, "x"); err != nil {
+			t.Fatalf("State: got %v; want nil", err)
+		}
+		b.e.mu.Lock()
+		n := b.e.names[l.Name]
+		b.e.mu.Unlock()
+		objs := n.cache().GetStore().List()
 		if len(objs) != 1 {
 			t.Fatalf("cached Leases: got %d; want 1", len(objs))
 		}

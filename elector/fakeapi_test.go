@@ -2,6 +2,7 @@ package elector
 
 import (
 	"context"
+	"os"
 	"slices"
 	"testing"
 	"testing/synctest"
@@ -75,6 +76,9 @@ func newBedWith(t *testing.T, cfg Config, api *leasefake.API, clk *testingclock.
 	}
 	reg := prometheus.NewRegistry()
 	cfg.Namespace = testNS
+	if cfg.WatchScope == "" {
+		cfg.WatchScope = os.Getenv("ELECTOR_TEST_WATCH_SCOPE") // make test runs the tests with each
+	}
 	o := Options{Clock: clk, Registerer: reg, Log: leasefake.Logger(t)}
 	for _, f := range opts {
 		f(&o)
@@ -269,3 +273,20 @@ func (b *bed) releasing(kind wire.Kind, name string) bool {
 
 // second returns the error of a call that also returns a value.
 func second[T any](_ T, err error) error { return err }
+
+// relisted delivers the update of a Lease from old to obj to the Engine as its informer's relist
+// would.
+func (b *bed) relisted(old, obj *coordinationv1.Lease) {
+	b.t.Helper()
+	if b.e.informer != nil {
+		b.e.onLeaseEvent(obj, false, b.e.regressed(old, obj))
+		return
+	}
+	b.e.mu.Lock()
+	n := b.e.names[obj.Name]
+	b.e.mu.Unlock()
+	if n == nil || n.w == nil {
+		b.t.Fatalf("Lease %s is not watched", obj.Name)
+	}
+	b.e.onNameEvent(n, n.w.inf, obj, false, b.e.regressed(old, obj))
+}

@@ -6,9 +6,11 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/metaparticle-io/sync/wire"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/cache"
 )
 
 // Health, as the kubelet and operators see it. None of it makes an API request: an opted-in
@@ -17,9 +19,9 @@ import (
 // the applications are healthy. API trouble is reported by APIStatus instead, and shows in the
 // logs, the metrics and the holds that are lost because of it.
 
-// Ready reports why the Engine cannot serve its local API, or nil: it must have synced its Lease
-// informer once and not be shutting down. After the first sync it stays ready through any API
-// server trouble, because the trouble costs holds, not the ability to answer the Pod's
+// Ready reports why the Engine cannot serve its local API, or nil: it must have started (listed
+// its Pod's previous holds and, with WatchNamespace, synced its Lease informer) and not be
+// shutting down. After the start it stays ready through any API server trouble, because the trouble costs holds, not the ability to answer the Pod's
 // processes (which are told of every loss).
 func (e *Engine) Ready() error {
 	if e.closing.Load() {
@@ -27,9 +29,9 @@ func (e *Engine) Ready() error {
 	}
 	if !e.synced.Load() {
 		if err := e.readyErr(); err != nil {
-			return wire.Errorf(wire.CodeUnavailable, "the Lease informer has not synced: %v", err)
+			return wire.Errorf(wire.CodeUnavailable, "the side-car has not synced (its first list of Leases): %v", err)
 		}
-		return wire.Errorf(wire.CodeUnavailable, "the Lease informer has not synced yet")
+		return wire.Errorf(wire.CodeUnavailable, "the side-car has not synced yet: its first list of Leases has not returned")
 	}
 	return nil
 }
@@ -62,21 +64,25 @@ func (e *Engine) Alive(ctx context.Context) error {
 }
 
 // APIStatus reports the API server trouble the Engine has seen and not yet seen cured, or nil:
-// the informer's last list or watch failure (cured once the informer has listed or watched
-// again) and the last failed write (cured by the next successful one, or when no write has
+// the failed list at the start, each informer's last list or watch failure (cured once that
+// informer has listed or watched again, or, for an informer stopped since, aged like a failed
+// write) and the last failed write (cured by the next successful one, or when no write has
 // failed for writeErrAge retry periods: failed writes are retried every retry period while
 // anything needs them, so a longer silence means nothing is failing any more). It makes no
 // request.
 func (e *Engine) APIStatus() error {
-	rv := e.informer.LastSyncResourceVersion()
 	e.hmu.Lock()
-	if e.informerErr != nil && rv != e.informerErrRV {
-		e.informerErr = nil // listed or watched since
+	for inf, t := range e.informerErrs {
+		if inf.LastSyncResourceVersion() != t.rv {
+			delete(e.informerErrs, inf) // listed or watched since
+		} else if inf.IsStopped() && e.clock.Since(t.at) > writeErrAge*e.cfg.RetryPeriod {
+			delete(e.informerErrs, inf) // stopped (its name forgotten): aged like a failed write
+		}
 	}
 	if e.writeErr != nil && e.clock.Since(e.writeErrAt) > writeErrAge*e.cfg.RetryPeriod {
 		e.writeErr = nil // no write has failed since: nothing is retrying, or it works
 	}
-	ierr, werr := e.informerErr, e.writeErr
+	ierr, werr := e.informerErrLocked(), e.writeErr
 	e.hmu.Unlock()
 	var errs []error
 	if ierr != nil {
@@ -88,13 +94,44 @@ func (e *Engine) APIStatus() error {
 	return errors.Join(errs...)
 }
 
+// informerTrouble is an informer's last list or watch error, and its last synced
+// resourceVersion when it was seen: a new one means that it has listed or watched since.
+type informerTrouble struct {
+	err error
+	rv  string
+	at  time.Time
+}
+
+// informerErrLocked returns the start's list error or the latest informer error, nil if none.
+// Called with hmu held.
+func (e *Engine) informerErrLocked() error {
+	if e.startErr != nil {
+		return e.startErr
+	}
+	var latest informerTrouble
+	for _, t := range e.informerErrs {
+		if latest.err == nil || t.at.After(latest.at) {
+			latest = t
+		}
+	}
+	return latest.err
+}
+
+// noteInformerErr records informer inf's list or watch error.
+func (e *Engine) noteInformerErr(inf cache.SharedIndexInformer, err error) {
+	rv := inf.LastSyncResourceVersion()
+	e.hmu.Lock()
+	e.informerErrs[inf] = informerTrouble{err: err, rv: rv, at: e.clock.Now()}
+	e.hmu.Unlock()
+}
+
 // writeErrAge is how many retry periods a failed write stays reported without another failure.
 const writeErrAge = 3
 
-// readyErr explains an informer that cannot list or watch.
+// readyErr explains a start that cannot list or watch.
 func (e *Engine) readyErr() error {
 	e.hmu.Lock()
-	err := e.informerErr
+	err := e.informerErrLocked()
 	e.hmu.Unlock()
 	if err == nil {
 		return nil
@@ -102,10 +139,10 @@ func (e *Engine) readyErr() error {
 	return e.apiErr("list/watch", err)
 }
 
-// noteWatch records that the informer delivered an event: its list and watch work.
-func (e *Engine) noteWatch() {
+// noteWatch records that informer inf delivered an event: its list and watch work.
+func (e *Engine) noteWatch(inf cache.SharedIndexInformer) {
 	e.hmu.Lock()
-	e.informerErr = nil
+	delete(e.informerErrs, inf)
 	e.hmu.Unlock()
 }
 

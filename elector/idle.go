@@ -43,8 +43,13 @@ import (
 // floor that every create is checked against (Engine.createFloor).
 
 // idleSweepPeriod is how often a side-car looks for idle Leases: a tenth of DeleteIdleAfter, at
-// most 30 seconds.
-func (c Config) idleSweepPeriod() time.Duration { return min(c.DeleteIdleAfter/10, 30*time.Second) }
+// most 30 seconds (30 seconds when idle Leases are never deleted).
+func (c Config) idleSweepPeriod() time.Duration {
+	if c.DeleteIdleAfter < 0 {
+		return 30 * time.Second
+	}
+	return min(c.DeleteIdleAfter/10, 30*time.Second)
+}
 
 // idleVersion reports whether n's Lease has been idle for DeleteIdleAfter at now, and if so the
 // resourceVersion to delete. Called with n.mu held.
@@ -62,9 +67,12 @@ func (n *nameState) idleVersion(now time.Time) (string, bool) {
 	return n.obj.ResourceVersion, true
 }
 
-// deleteIdleLeases runs the sweeps until the Engine stops. Start runs it once synced.
+// deleteIdleLeases runs the sweeps until the Engine stops. Start runs it once synced. With
+// WatchNames a sweep also forgets the names unused for watchLinger, even when idle Leases are
+// never deleted.
 func (e *Engine) deleteIdleLeases() {
-	if e.cfg.DeleteIdleAfter < 0 {
+	deleting := e.cfg.DeleteIdleAfter >= 0
+	if !deleting && e.informer != nil {
 		return
 	}
 	period := e.cfg.idleSweepPeriod()
@@ -81,9 +89,10 @@ func (e *Engine) deleteIdleLeases() {
 		case <-timer.C():
 		}
 		next := period
-		if forbidden := e.sweepIdle(limiter, rng); forbidden {
-			next = e.cfg.DeleteIdleAfter
+		if deleting && e.sweepIdle(limiter, rng) {
+			next = e.cfg.DeleteIdleAfter // forbidden
 		}
+		e.forgetUnused(e.clock.Now())
 		timer.Reset(next)
 	}
 }
@@ -166,7 +175,7 @@ func (e *Engine) deleteIdle(n *nameState, rv string) string {
 		result = "raced"
 		n.mu.Lock()
 		n.raced = rv
-		gone := apierrors.IsNotFound(err) && n.obj != nil && n.obj.ResourceVersion == rv && e.goneFromCache(n.lease, n.rv)
+		gone := apierrors.IsNotFound(err) && n.obj != nil && n.obj.ResourceVersion == rv && n.goneFromCache(n.rv)
 		if gone {
 			n.obj, n.stale = nil, false
 			n.publish(e.clock.Now())

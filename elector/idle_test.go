@@ -28,6 +28,17 @@ func (b *bed) walk(d time.Duration) {
 	}
 }
 
+// read reads the state of lock name, which makes it used here: the side-car watches it, and may
+// delete its Lease once idle.
+func (b *bed) read(name string) wire.LockState {
+	b.t.Helper()
+	st, err := b.e.State(wire.KindLock, name)
+	if err != nil {
+		b.t.Fatalf("State(%q): got %v; want nil", name, err)
+	}
+	return st
+}
+
 // deletes counts the deletes in writes.
 func deletes(writes []string) int {
 	c := 0
@@ -59,6 +70,7 @@ func TestIdleLeasesAreDeleted(t *testing.T) {
 		}, 0, idleAfter - time.Second, idleAfter + 7*time.Second},
 		{"held elsewhere, expired", func(b *bed) {
 			b.api.Put(foreignLease(wire.KindLock, "x", "pod-z/0123", 15*time.Second))
+			b.read("x")
 		}, 0, 15*time.Second + idleAfter - time.Second, 15*time.Second + idleAfter + 7*time.Second},
 		{"held elsewhere, renewed", func(b *bed) {
 			b.api.Put(foreignLease(wire.KindLock, "x", "pod-z/0123", 15*time.Second))
@@ -75,6 +87,7 @@ func TestIdleLeasesAreDeleted(t *testing.T) {
 				}
 			}()
 			b.t.Cleanup(func() { close(stop) })
+			b.read("x")
 		}, 0, 3 * time.Minute, 0},
 		{"held here", func(b *bed) {
 			b.mustAcquire(b.open().Key(), "x")
@@ -91,6 +104,7 @@ func TestIdleLeasesAreDeleted(t *testing.T) {
 		}, 0, 3 * time.Minute, 0},
 		{"never deleted", func(b *bed) {
 			b.api.Put(foreignLease(wire.KindLock, "x", "", 15*time.Second))
+			b.read("x")
 		}, -1, 3 * time.Minute, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -140,6 +154,7 @@ func TestIdleDeletionNeverUndoesAGrant(t *testing.T) {
 			return nil
 		})
 		b := newBedWith(t, Config{PodName: "pod-a", DeleteIdleAfter: idleAfter}, api, nil)
+		b.read("x")
 		b.walk(idleAfter + 7*time.Second)
 		if !raced {
 			t.Fatalf("got no deletion tried after %v idle; want one", idleAfter)
@@ -194,6 +209,7 @@ func TestIdleDeletionForbidden(t *testing.T) {
 			return nil
 		})
 		b := newBedWith(t, Config{PodName: "pod-a", DeleteIdleAfter: idleAfter}, api, nil)
+		b.read("x")
 		before := api.WriteCount()
 		b.walk(idleAfter + 7*time.Second)
 		if got := deletes(api.WritesSince(before)); got != 1 {

@@ -105,6 +105,7 @@ func renewLease(base *coordinationv1.Lease, now time.Time, d time.Duration) *coo
 // once. The token annotation stays: it records the last grant. base must be a copy.
 func releaseLease(base *coordinationv1.Lease, now time.Time) *coordinationv1.Lease {
 	delete(base.Annotations, contract.AnnotationPodUID)
+	delete(base.Labels, contract.LabelPodUID)
 	base.Spec.HolderIdentity = nil
 	base.Spec.AcquireTime = nil
 	base.Spec.RenewTime = &metav1.MicroTime{Time: now}

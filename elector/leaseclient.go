@@ -7,6 +7,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -104,4 +105,20 @@ func (c *leaseClient) Watch(ctx context.Context, opts metav1.ListOptions) (watch
 	opts.Watch = true
 	return c.client.Get().Namespace(c.namespace).Resource("leases").
 		VersionedParams(&opts, leaseParameterCodec).Timeout(timeout).Watch(ctx)
+}
+
+// getLease reads the Lease name, nil if there is none. It lists by name: the side-car's Role
+// grants list, not get. It looks for the name in the answer rather than trust the field
+// selector: a client or fake that ignores it answers with every Lease.
+func (e *Engine) getLease(ctx context.Context, name string) (*coordinationv1.Lease, error) {
+	list, err := e.leases.List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String()})
+	if err != nil {
+		return nil, err
+	}
+	for i := range list.Items {
+		if list.Items[i].Name == name {
+			return &list.Items[i], nil
+		}
+	}
+	return nil, nil
 }

@@ -19,6 +19,7 @@ import (
 //	renew_failures_total   counter    failed renewal attempts (each may be retried)
 //	losses_total           counter    holds lost, by reason: renew_deadline, conflict, deleted, taken
 //	idle_deletions_total   counter    deletions of idle Leases tried, by result
+//	lease_watches          gauge      Lease watches open: one per name in use (or 1, WatchNamespace)
 type metrics struct {
 	grants        *prometheus.CounterVec
 	waits         *prometheus.CounterVec
@@ -96,6 +97,8 @@ var (
 	holdsDesc    = prometheus.NewDesc("metaparticle_sync_holds", "Holds this side-car has now.", []string{"kind"}, nil)
 	waitingDesc  = prometheus.NewDesc("metaparticle_sync_waiting", "Lock waiters and election candidates not leading now.", []string{"kind"}, nil)
 	sessionsDesc = prometheus.NewDesc("metaparticle_sync_sessions", "Open sessions.", nil, nil)
+	watchesDesc  = prometheus.NewDesc("metaparticle_sync_lease_watches",
+		"Lease watches this side-car has open: one per name in use here (--watch-scope=names), or 1 (namespace).", nil, nil)
 	degradedDesc = prometheus.NewDesc("metaparticle_sync_api_degraded",
 		"1 while the sessions are told of API server trouble (a degraded event), by code (forbidden, unavailable); 0 otherwise.", []string{"code"}, nil)
 )
@@ -104,6 +107,7 @@ func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- holdsDesc
 	ch <- waitingDesc
 	ch <- sessionsDesc
+	ch <- watchesDesc
 	ch <- degradedDesc
 }
 
@@ -114,6 +118,7 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(waitingDesc, prometheus.GaugeValue, float64(s.waiting[k]), string(k))
 	}
 	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(s.sessions))
+	ch <- prometheus.MustNewConstMetric(watchesDesc, prometheus.GaugeValue, float64(s.watches))
 	for _, code := range []wire.ErrorCode{wire.CodeForbidden, wire.CodeUnavailable} {
 		v := 0.0
 		if s.degraded == code {
@@ -126,13 +131,20 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 type engineSnapshot struct {
 	holds, waiting map[wire.Kind]int
 	sessions       int
+	watches        int
 	degraded       wire.ErrorCode // the code of the trouble the sessions were told of, or ""
 }
 
 // snapshot counts holds, waiters and sessions for the metrics.
 func (e *Engine) snapshot() engineSnapshot {
 	s := engineSnapshot{holds: map[wire.Kind]int{}, waiting: map[wire.Kind]int{}}
+	if e.informer != nil {
+		s.watches = 1
+	}
 	for _, n := range e.allNames() {
+		if n.w != nil {
+			s.watches++
+		}
 		n.mu.Lock()
 		if n.hold != nil && !n.hold.release {
 			s.holds[n.kind]++

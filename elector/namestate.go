@@ -20,9 +20,14 @@ type nameState struct {
 	kind  wire.Kind // lock or election
 	kick  chan struct{}
 
+	w *nameWatch // the informer of the Lease (WatchNames); nil with WatchNamespace
+
 	mu      sync.Mutex // protects the fields below
 	name    string     // the name as clients give it; "" until known
 	removed bool       // forgotten by the Engine; look the name up again
+	synced  bool       // the informer has listed the Lease: obj == nil means there is none
+	listErr error      // until synced: why the informer's last list failed
+	usedAt  time.Time  // the last local use seen (a request, or interest at a sweep)
 
 	obj        *coordinationv1.Lease // latest known version; nil when absent. Read-only.
 	rv         uint64                // resourceVersion of obj, or of the last deletion seen
@@ -39,6 +44,7 @@ type nameState struct {
 	running  bool                  // a worker goroutine runs
 	writing  bool                  // the worker's write is in flight: a new version may be its own
 	raced    string                // an idle deletion of this resourceVersion was refused: wait for another
+	wakes    int                   // times wake was called (for tests)
 }
 
 // contender is a local session that wants the Lease: one pending lock acquire, or one election
@@ -101,6 +107,7 @@ func (n *nameState) poke() {
 
 // wake makes the worker re-evaluate n, starting it if needed.
 func (n *nameState) wake() {
+	n.wakes++
 	if n.running {
 		signal(n.kick)
 		return

@@ -225,7 +225,7 @@ func TestResourceVersionsGoingBackwards(t *testing.T) {
 		restored := cur.DeepCopy()
 		restored.ResourceVersion = "5" // older than every version written since
 		restored.Spec.HolderIdentity = nil
-		b.e.onLeaseUpdate(cur, restored) // as the informer's relist delivers it
+		b.relisted(cur, restored)
 
 		ev := next(t, events)
 		if ev.Type != wire.EventLost || ev.Grant == nil || ev.Grant.Token != g.Token {

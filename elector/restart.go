@@ -2,14 +2,17 @@ package elector
 
 import (
 	"context"
-	"slices"
+	"fmt"
+	"math"
 	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilwait "k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/pager"
 
 	"github.com/metaparticle-io/sync/internal/contract"
 )
@@ -57,9 +60,14 @@ func (e *Engine) stampPod(l *coordinationv1.Lease, s *session) {
 			l.Annotations = map[string]string{}
 		}
 		l.Annotations[contract.AnnotationPodUID] = e.cfg.PodUID + "/" + s.id
+		if l.Labels == nil {
+			l.Labels = map[string]string{}
+		}
+		l.Labels[contract.LabelPodUID] = e.cfg.PodUID
 		return
 	}
 	delete(l.Annotations, contract.AnnotationPodUID)
+	delete(l.Labels, contract.LabelPodUID)
 }
 
 // ownDeadHold reports whether l is held by a session of this Pod's previous side-car: at start
@@ -78,14 +86,53 @@ func (e *Engine) deadHoldDue(l *coordinationv1.Lease) time.Time {
 	return l.Spec.RenewTime.Add(e.cfg.RenewDeadline + e.cfg.RetryPeriod)
 }
 
-// freeOwnDeadHolds releases, once the informer has synced and before the Engine serves, every
-// Lease that ownDeadHold names and whose time has come, and schedules the others' releases. A
-// release that fails is logged and left: that hold expires after its lease duration, as before.
-func (e *Engine) freeOwnDeadHolds(ctx context.Context) {
+// listOwnHolds lists the Leases labelled with this Pod's UID (contract.LabelPodUID), retrying
+// until it succeeds or stop is closed; Start calls it before the Engine serves. Without a Pod
+// UID it lists one managed Lease, so that the side-car serves once it has reached the API
+// server, as with a UID. A failure is reported by readyErr until a list succeeds.
+func (e *Engine) listOwnHolds(ctx context.Context, stop <-chan struct{}) ([]coordinationv1.Lease, error) {
+	backoff := utilwait.Backoff{Duration: e.cfg.RetryPeriod, Factor: 2, Jitter: 0.1, Steps: math.MaxInt32, Cap: 30 * time.Second}
+	for {
+		var items []coordinationv1.Lease
+		var err error
+		if e.cfg.PodUID == "" {
+			_, err = e.leases.List(ctx, metav1.ListOptions{LabelSelector: contract.ManagedBySelector, Limit: 1})
+		} else {
+			opts := metav1.ListOptions{LabelSelector: contract.ManagedBySelector + "," + contract.LabelPodUID + "=" + e.cfg.PodUID}
+			err = pager.New(func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return e.leases.List(ctx, o)
+			}).EachListItemWithAlloc(ctx, opts, func(obj runtime.Object) error {
+				if l, ok := obj.(*coordinationv1.Lease); ok {
+					items = append(items, *l)
+				}
+				return nil
+			})
+		}
+		e.hmu.Lock()
+		e.startErr = err
+		e.hmu.Unlock()
+		if err == nil {
+			return items, nil
+		}
+		e.log.Error(err, "listing the Leases of this Pod's previous side-car failed; retrying")
+		t := e.clock.NewTimer(backoff.Step())
+		select {
+		case <-t.C():
+		case <-stop:
+			t.Stop()
+			return nil, fmt.Errorf("the side-car could not list its Leases before it stopped: %w", e.apiErr("list", err))
+		}
+	}
+}
+
+// freeOwnDeadHolds releases, before the Engine serves, every Lease of dead (listOwnHolds) that
+// ownDeadHold names and whose time has come, and schedules the others' releases. A release that
+// fails is logged and left: that hold expires after its lease duration, as before.
+func (e *Engine) freeOwnDeadHolds(ctx context.Context, dead []coordinationv1.Lease) {
 	now := e.clock.Now()
-	for _, obj := range e.informer.GetStore().List() {
-		l, ok := obj.(*coordinationv1.Lease)
-		if !ok || !e.ownDeadHold(l) {
+	for i := range dead {
+		l := &dead[i]
+		if !e.ownDeadHold(l) {
 			continue
 		}
 		if !e.freeDeadHoldLaterIfNotDue(l, now) {
@@ -101,19 +148,20 @@ func (e *Engine) freeDeadHoldLaterIfNotDue(l *coordinationv1.Lease, now time.Tim
 	if !due.After(now) {
 		return false
 	}
-	key := l.Namespace + "/" + l.Name
-	e.clock.AfterFunc(due.Sub(now), func() { go e.freeDeadHoldLater(key) })
+	name := l.Name
+	e.clock.AfterFunc(due.Sub(now), func() { go e.freeDeadHoldLater(name) })
 	return true
 }
 
-// freeDeadHoldLater releases the dead hold of the Lease key, as the cache now has it, if it is
-// still one.
-func (e *Engine) freeDeadHoldLater(key string) {
-	obj, ok, err := e.informer.GetStore().GetByKey(key)
-	if err != nil || !ok {
+// freeDeadHoldLater releases the dead hold of the Lease name, as the API server now has it, if
+// it is still one.
+func (e *Engine) freeDeadHoldLater(name string) {
+	l, err := e.getLease(e.ctx, name)
+	if err != nil {
+		e.log.Error(err, "could not read a Lease of this Pod's previous side-car again; it expires after its lease duration", "lease", name)
 		return
 	}
-	if l, ok := obj.(*coordinationv1.Lease); ok && e.ownDeadHold(l) {
+	if l != nil && e.ownDeadHold(l) {
 		e.freeDeadHold(e.ctx, l)
 	}
 }
@@ -134,18 +182,12 @@ func (e *Engine) freeDeadHold(ctx context.Context, l *coordinationv1.Lease) {
 		}
 		// Written meanwhile: by the previous side-car's last renewal, in flight when it died,
 		// or by another Pod's takeover. Look again.
-		list, err := e.leases.List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", l.Name).String()})
-		if err != nil {
+		if l, err = e.getLease(ctx, l.Name); err != nil {
 			log.Error(err, "could not read a Lease of this Pod's previous side-car again; it expires after its lease duration")
 			return
 		}
-		name := l.Name
-		i := slices.IndexFunc(list.Items, func(x coordinationv1.Lease) bool { return x.Name == name })
-		if i < 0 {
-			return // deleted meanwhile
-		}
-		if l = &list.Items[i]; !e.ownDeadHold(l) {
-			return
+		if l == nil || !e.ownDeadHold(l) {
+			return // deleted meanwhile, or no longer a dead hold
 		}
 		if e.freeDeadHoldLaterIfNotDue(l, e.clock.Now()) {
 			return // the dead side-car's last renewal landed after all: wait for its promise too

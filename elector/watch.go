@@ -20,7 +20,7 @@ func (e *Engine) State(kind wire.Kind, name string) (wire.LockState, error) {
 	if !e.synced.Load() {
 		return wire.LockState{}, e.accepting()
 	}
-	n, err := e.peekName(kind, name)
+	n, err := e.readName(kind, name)
 	if err != nil {
 		return wire.LockState{}, err
 	}
@@ -142,6 +142,7 @@ func (n *nameState) observe(l *coordinationv1.Lease, deleted, regressed bool, no
 		if rv <= n.rv {
 			return
 		}
+		renewal := n.renewedElsewhere(l)
 		n.learn(l, rv, now)
 		if n.name == "" {
 			if name := l.Annotations[contract.AnnotationName]; contract.LeaseName(n.kind, name) == n.lease {
@@ -164,10 +165,30 @@ func (n *nameState) observe(l *coordinationv1.Lease, deleted, regressed bool, no
 			// the hold then costs availability, never safety.)
 			n.lose(h, lossEdited, "the Lease was changed by someone else (resourceVersion "+l.ResourceVersion+")", now)
 		}
+		if renewal {
+			return
+		}
 	}
 	if n.interested() {
 		n.wake()
 	}
+}
+
+// renewedElsewhere reports whether l, a newer version of n's Lease, only renews a hold of
+// another side-car that n already knows: same holder, token and lease duration, no local hold,
+// and no conflict waiting for a newer version. Such a version changes nothing a running worker
+// is waiting for (its timer is set to an expiry that the renewal only postpones: when it fires,
+// the worker sees the new one and sleeps again), so the worker is not woken for it: waiters and
+// candidates cost one wake-up a lease duration, not one a renewal. Called with n.mu held,
+// before l is learnt.
+func (n *nameState) renewedElsewhere(l *coordinationv1.Lease) bool {
+	o := n.obj
+	if o == nil || n.hold != nil || n.stale || !n.running || !n.synced {
+		return false
+	}
+	h := holderOf(l)
+	return h != "" && h == holderOf(o) && tokenOf(l) == tokenOf(o) &&
+		durationOf(l, n.e.cfg.LeaseDuration) == durationOf(o, n.e.cfg.LeaseDuration)
 }
 
 // learn records a newer version of the Lease.
@@ -220,7 +241,7 @@ func (n *nameState) state(now time.Time) wire.LockState {
 
 // publish queues the current state for every watcher that has not seen it.
 func (n *nameState) publish(now time.Time) {
-	if len(n.watchers) == 0 {
+	if len(n.watchers) == 0 || !n.synced {
 		return
 	}
 	st := n.state(now)
@@ -284,7 +305,7 @@ func (e *Engine) Observe(kind wire.Kind, name string) (Observation, bool, error)
 	if !e.synced.Load() {
 		return Observation{}, false, e.accepting()
 	}
-	n, err := e.peekName(kind, name)
+	n, err := e.readName(kind, name)
 	if err != nil || n == nil {
 		return Observation{}, false, err
 	}

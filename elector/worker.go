@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/metaparticle-io/sync/internal/contract"
@@ -103,17 +102,10 @@ func (n *nameState) refuse(err error, now time.Time) {
 // otherwise a wire.CodeForeignLease error that names the Lease and the fix. It lists by name:
 // the side-car's Role grants list, not get.
 func (n *nameState) foreign(ctx context.Context, exists error) error {
-	list, err := n.e.leases.List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + n.lease})
-	if err != nil {
+	l, err := n.e.getLease(ctx, n.lease)
+	if err != nil || l == nil {
 		return exists
 	}
-	// Look for the name in the answer rather than trust the field selector: a client or fake
-	// that ignores it answers with every Lease.
-	i := slices.IndexFunc(list.Items, func(l coordinationv1.Lease) bool { return l.Name == n.lease })
-	if i < 0 {
-		return exists
-	}
-	l := &list.Items[i]
 	if l.Labels[contract.LabelManagedBy] == contract.ManagedByValue && l.Labels[contract.LabelKind] == string(n.kind) {
 		return exists
 	}
@@ -181,6 +173,18 @@ func (n *nameState) run() {
 // plan returns the next write, or when to look again (zero: only when woken). A returned wake
 // time is always after now.
 func (n *nameState) plan(now time.Time) (*action, time.Time) {
+	if !n.synced {
+		// The first list wakes the worker. Until then tries are answered with its failure, if
+		// it failed; blocking acquires and candidates wait, as they do through any API trouble.
+		if n.listErr != nil {
+			for _, c := range append([]*contender(nil), n.queue...) {
+				if c.try {
+					n.answer(c, wire.Grant{}, n.listErr, "failed")
+				}
+			}
+		}
+		return nil, time.Time{}
+	}
 	n.publish(now)
 	cfg := n.e.cfg
 
@@ -229,7 +233,7 @@ func (n *nameState) plan(now time.Time) (*action, time.Time) {
 				continue
 			}
 			if n.stale {
-				if n.e.goneFromCache(n.lease, n.rv) {
+				if n.goneFromCache(n.rv) {
 					// Deleted after a version this side-car learned only from its own write,
 					// while its watch was down: no event will ever say so.
 					n.obj, n.stale = nil, false

@@ -14,7 +14,7 @@ import (
 )
 
 // SidecarLeaseVerbs are the verbs the side-car uses on coordination.k8s.io Leases in its own
-// namespace: an informer (list, watch), the first grant of a name (create), grants, renewals and
+// namespace: the watches of the Leases in use (list, watch), the first grant of a name (create), grants, renewals and
 // releases (update), and the deletion of idle Leases (delete). deploy/rbac/sidecar-role.yaml and
 // the chart grant exactly these. Locks work without delete (see idleVerb).
 var SidecarLeaseVerbs = []string{"list", "watch", "create", "update", idleVerb}

@@ -144,7 +144,7 @@ func sidecarContainer(c Config) corev1.Container {
 		},
 		Ports: []corev1.ContainerPort{{Name: HealthPortName, ContainerPort: healthPort, Protocol: corev1.ProtocolTCP}},
 		// No probe makes an API request, so an API server outage never takes the Pod out of its
-		// Services. The startup probe waits for the first sync of the Lease informer and gates
+		// Services. The startup probe waits for the side-car's first list of Leases and gates
 		// the application containers (native mode): they start once the side-car can answer.
 		// It allows five minutes (an API server that cannot be reached, or a service account
 		// without Lease RBAC, shows in /readyz's answer and the side-car's logs meanwhile).

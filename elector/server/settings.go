@@ -108,6 +108,11 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 			"holder's last renewal) if nothing of this Pod uses it, conditional on its resourceVersion,\n"+
 			"so never one just granted; RBAC needs delete. At least --lease-duration; a negative value\n"+
 			"never deletes. Default "+elector.DefaultDeleteIdleAfter.String()+" (or --lease-duration, if longer)."))
+	fs.StringVar(&s.WatchScope, "watch-scope", "", usage("watch-scope", contract.EnvWatchScope,
+		"Which Leases to watch: names (those of the names this Pod's processes use, one watch\n"+
+			"each, kept for --delete-idle-leases-after after the last use) or namespace (every\n"+
+			"managed Lease of the namespace in one watch: every renewal there reaches every side-car;\n"+
+			"see docs/scaling.md). Default "+elector.WatchNames+"."))
 	fs.StringVar(&s.Kubeconfig, "kubeconfig", "", usage("kubeconfig", "KUBECONFIG",
 		"Kubeconfig `file`, to run outside a cluster. Default: the in-cluster service account."))
 	fs.IntVar(&s.LogLevel, "v", 0, usage("v", contract.EnvLogLevel,

@@ -38,6 +38,8 @@ func TestParseSettings(t *testing.T) {
 			Settings{Config: elector.Config{Limits: elector.Limits{MaxSessions: 8, MaxNamesPerSession: 5, MaxPendingAcquires: 7, MaxWatches: 3}}}, ""},
 		{"idle Leases", []string{"--delete-idle-leases-after=1h"}, nil, Settings{Config: elector.Config{DeleteIdleAfter: time.Hour}}, ""},
 		{"idle Leases kept", nil, map[string]string{contract.EnvDeleteIdleLeasesAfter: "-1s"}, Settings{Config: elector.Config{DeleteIdleAfter: -time.Second}}, ""},
+		{"watch scope", []string{"--watch-scope=namespace"}, nil, Settings{Config: elector.Config{WatchScope: elector.WatchNamespace}}, ""},
+		{"watch scope variable", nil, map[string]string{contract.EnvWatchScope: "names"}, Settings{Config: elector.Config{WatchScope: elector.WatchNames}}, ""},
 		{"bad duration flag", []string{"--renew-period=5"}, nil, Settings{}, `invalid value "5" for flag -renew-period`},
 		{"bad duration variable", nil, map[string]string{contract.EnvRetryPeriod: "soon"}, Settings{}, contract.EnvRetryPeriod},
 		{"bad level", nil, map[string]string{contract.EnvLogLevel: "loud"}, Settings{}, contract.EnvLogLevel + `="loud": invalid value for --v`},

@@ -26,6 +26,7 @@ const (
 	EnvMaxWatches         = "METAPARTICLE_SYNC_MAX_WATCHES"
 
 	EnvDeleteIdleLeasesAfter = "METAPARTICLE_SYNC_DELETE_IDLE_LEASES_AFTER"
+	EnvWatchScope            = "METAPARTICLE_SYNC_WATCH_SCOPE"
 )
 
 // How the side-car runs in its Pod (EnvMode), which decides what its shutdown may release.

@@ -12,7 +12,7 @@ import (
 // app.kubernetes.io/managed-by=metaparticle-sync` lists them; add `-l metaparticle.io/kind=lock`
 // (or election) to narrow it down.
 const (
-	// LabelManagedBy marks every Lease the side-car creates; its informer watches only those.
+	// LabelManagedBy marks every Lease the side-car creates; its watches see only those.
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	// ManagedByValue is the value of LabelManagedBy.
 	ManagedByValue = "metaparticle-sync"
@@ -32,6 +32,10 @@ const (
 	// released; a change of holder by any writer leaves it naming another session, which
 	// invalidates it.
 	AnnotationPodUID = "metaparticle.io/pod-uid"
+	// LabelPodUID holds the Pod UID of AnnotationPodUID, so that a restarted side-car lists only
+	// the Leases its Pod held (with the label selector LabelPodUID=<uid>). It comes and goes
+	// with the annotation.
+	LabelPodUID = "metaparticle.io/pod-uid"
 )
 
 // maxReadable is the longest readable part of a Lease name.

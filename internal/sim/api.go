@@ -13,6 +13,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -121,11 +122,31 @@ func (a *apiState) remove(name string, rv *string) error {
 	return nil
 }
 
-func matches(sel labels.Selector, l *coordinationv1.Lease) bool {
-	return sel.Matches(labels.Set(l.Labels))
+// selector is a list or watch's label and field selectors; the fields are metadata.name and
+// metadata.namespace, as kube-apiserver offers for Leases.
+type selector struct {
+	labels labels.Selector
+	fields fields.Selector
 }
 
-func (a *apiState) list(sel labels.Selector) *coordinationv1.LeaseList {
+func parseSelector(opts metav1.ListOptions) (selector, error) {
+	ls, err := labels.Parse(opts.LabelSelector)
+	if err != nil {
+		return selector{}, apierrors.NewBadRequest(err.Error())
+	}
+	fs, err := fields.ParseSelector(opts.FieldSelector)
+	if err != nil {
+		return selector{}, apierrors.NewBadRequest(err.Error())
+	}
+	return selector{ls, fs}, nil
+}
+
+func matches(sel selector, l *coordinationv1.Lease) bool {
+	return sel.labels.Matches(labels.Set(l.Labels)) &&
+		sel.fields.Matches(fields.Set{"metadata.name": l.Name, "metadata.namespace": l.Namespace})
+}
+
+func (a *apiState) list(sel selector) *coordinationv1.LeaseList {
 	out := &coordinationv1.LeaseList{ListMeta: metav1.ListMeta{ResourceVersion: rvOf(a.rev)}}
 	for _, name := range slices.Sorted(maps.Keys(a.leases)) {
 		if l := a.leases[name]; matches(sel, l) {
@@ -146,7 +167,7 @@ func (a *apiState) compact() {
 type apiWatch struct {
 	id      uint64
 	sc      *sidecar
-	sel     labels.Selector
+	sel     selector
 	ch      chan watch.Event
 	pending []pendingEvent
 	closed  bool
@@ -227,9 +248,9 @@ func ptrTo[T any](v T) *T { return &v }
 
 // List implements elector.LeaseClient.
 func (c Client) List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error) {
-	sel, err := labels.Parse(opts.LabelSelector)
+	sel, err := parseSelector(opts)
 	if err != nil {
-		return nil, apierrors.NewBadRequest(err.Error())
+		return nil, err
 	}
 	var out *coordinationv1.LeaseList
 	_, err = c.sc.w.call(ctx, c.sc, "list", "", func(a *apiState) (*coordinationv1.Lease, error) {
@@ -241,9 +262,9 @@ func (c Client) List(ctx context.Context, opts metav1.ListOptions) (*coordinatio
 
 // Watch implements elector.LeaseClient.
 func (c Client) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-	sel, err := labels.Parse(opts.LabelSelector)
+	sel, err := parseSelector(opts)
 	if err != nil {
-		return nil, apierrors.NewBadRequest(err.Error())
+		return nil, err
 	}
 	from, err := strconv.ParseUint(opts.ResourceVersion, 10, 64)
 	if err != nil && opts.ResourceVersion != "" {

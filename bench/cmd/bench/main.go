@@ -38,6 +38,7 @@ func main() {
 		quick    = flag.Bool("quick", quickDefault, "fewer samples and short windows (default from $BENCH_QUICK)")
 		jsonPath = flag.String("json", "", "where to write the JSON results (default bench/results/latest.json; a temporary directory with -quick)")
 		mdPath   = flag.String("md", "", "where to write the Markdown report (default docs/benchmarks.md; a temporary directory with -quick)")
+		only     = flag.String("only", "", "run only the scenarios whose phase name contains this text (for development: the report then lacks the others; write it with -json and -md elsewhere)")
 		fromJSON = flag.String("from-json", "", "run nothing: render the table and the Markdown report from this JSON results file (after editing the analysis, or the rendering)")
 	)
 	flag.Parse()
@@ -97,6 +98,7 @@ func main() {
 	defer stop()
 	report, runErr := harness.Run(ctx, harness.Options{
 		Quick: *quick,
+		Only:  *only,
 		Root:  root,
 		Self:  self,
 		Log:   func(format string, args ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...) },

@@ -35,6 +35,8 @@ type Options struct {
 	// Quick runs fewer samples and shorter windows: a smoke check that the harness works, whose
 	// figures are not for quoting.
 	Quick bool
+	// Only, when set, runs only the phases whose name contains it.
+	Only string
 	// Root is the repository root (holding go.mod).
 	Root string
 	// Self is the path of the running bench binary, re-executed as an application process.

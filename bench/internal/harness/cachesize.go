@@ -12,17 +12,20 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/metaparticle-io/sync/elector"
 	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/wire"
 )
 
 // cacheSize is the side-car's RSS with n managed Leases in its namespace that it does not use
-// (a lock-per-order pattern: every order's lock left behind), after its cache has synced.
+// (a lock-per-order pattern: every order's lock left behind), once it is ready: watching the
+// names it uses (none here), and, as the baseline, watching and caching every managed Lease of
+// the namespace (--watch-scope=namespace, the design before issue 18).
 type cacheSize struct {
-	leases int
-	rss    float64 // MiB, VmRSS
-	detail map[string]float64
-	sync   time.Duration // from exec to ready
+	leases           int
+	rss, rssNS       float64 // MiB, VmRSS
+	detail, detailNS map[string]float64
+	sync, syncNS     time.Duration // from exec to ready
 }
 
 // cacheSizes measures cacheSize for each count, in one namespace that grows from one count to
@@ -51,17 +54,25 @@ func (b *Bench) cacheSizes(ctx context.Context, bin string, counts []int, settle
 			return out, err
 		}
 		made = n
-		p, _, d, err := b.launchElector(bin, kubeconfig, ns, fmt.Sprintf("cache-%d", n))
-		if err != nil {
-			return out, err
+		c := cacheSize{leases: n}
+		for _, scope := range []string{elector.WatchNames, elector.WatchNamespace} {
+			p, _, d, err := b.launchElector(bin, kubeconfig, ns, fmt.Sprintf("cache-%d-%s", n, scope), "--watch-scope="+scope)
+			if err != nil {
+				return out, err
+			}
+			time.Sleep(settle)
+			rss, detail, err := p.rss()
+			p.stop()
+			if err != nil {
+				return out, err
+			}
+			if scope == elector.WatchNames {
+				c.rss, c.detail, c.sync = rss, detail, d
+			} else {
+				c.rssNS, c.detailNS, c.syncNS = rss, detail, d
+			}
 		}
-		time.Sleep(settle)
-		rss, detail, err := p.rss()
-		p.stop()
-		if err != nil {
-			return out, err
-		}
-		out = append(out, cacheSize{leases: n, rss: rss, detail: detail, sync: d})
+		out = append(out, c)
 	}
 	return out, nil
 }

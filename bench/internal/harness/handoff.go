@@ -36,11 +36,21 @@ func (b *Bench) handoffOurs(ctx context.Context, n int) (out, releases []time.Du
 		}
 		defer sc[i].Stop()
 	}
+	// Hold 20 to 60 ms: each side-car then writes fewer than 50 times a second (one write per
+	// handoff: the release or the takeover), below its client's rate limit (QPS 50, burst 100),
+	// which back-to-back handoffs would exhaust after about a hundred and then measure.
+	return b.handoffBetween(ctx, sc, "handoff", n, 20*time.Millisecond)
+}
+
+// handoffBetween measures n handoffs of lock name between the applications of two side-cars,
+// after 5 more to warm up, each holder keeping the lock a random time between hold and 3 × hold
+// before its release, and returns them with the durations of the Release calls.
+func (b *Bench) handoffBetween(ctx context.Context, sc [2]*Sidecar, name string, n int, hold time.Duration) (out, releases []time.Duration, err error) {
 	var locks [2]*sdk.Lock
 	for i := range sc {
 		c := sc[i].Client()
 		defer c.Close()
-		locks[i] = c.NewLock("handoff")
+		locks[i] = c.NewLock(name)
 	}
 	if err := locks[0].Acquire(ctx); err != nil {
 		return nil, nil, fmt.Errorf("first acquire: %w", err)
@@ -79,10 +89,7 @@ func (b *Bench) handoffOurs(ctx context.Context, n int) (out, releases []time.Du
 			holder = w
 			continue
 		}
-		// Hold 20 to 60 ms: each side-car then writes fewer than 50 times a second (one write per
-		// handoff: the release or the takeover), below its client's rate limit (QPS 50, burst 100),
-		// which back-to-back handoffs would exhaust after about a hundred and then measure.
-		time.Sleep(20*time.Millisecond + rand.N(40*time.Millisecond))
+		time.Sleep(hold + rand.N(2*hold))
 		t0 := time.Now()
 		if err := locks[holder].Release(ctx); err != nil {
 			return nil, nil, fmt.Errorf("release: %w", err)

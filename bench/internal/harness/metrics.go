@@ -13,6 +13,7 @@ const (
 	secAdmission = "4 Admission"
 	secFootprint = "5 Side-car footprint"
 	secScale     = "6 Election at scale"
+	secWatch     = "7 Watch cost"
 )
 
 func (b *Bench) reportHandoff() {
@@ -171,8 +172,9 @@ func (b *Bench) reportFootprint(r footprintResult, many int) {
 func (b *Bench) reportCacheSizes(sizes []cacheSize) {
 	for _, c := range sizes {
 		b.Report.Add(Metric{ID: fmt.Sprintf("cache-%d", c.leases), Section: secFootprint, Name: fmt.Sprintf("RSS, %d unused Leases in the namespace", c.leases), Unit: "MiB",
-			Ours: F(c.rss), Detail: map[string]any{"MiB": c.detail, "readySeconds": c.sync.Seconds()},
-			Note: fmt.Sprintf("the side-car caches every managed Lease of its namespace, without managedFields; ready %.1f s after exec. No baseline: client-go has no such cache", c.sync.Seconds())})
+			Ours: F(c.rss), Baseline: F(c.rssNS), Detail: map[string]any{"MiB": c.detail, "readySeconds": c.sync.Seconds(), "baselineMiB": c.detailNS, "baselineReadySeconds": c.syncNS.Seconds()},
+			Note: fmt.Sprintf("ours watches only the Leases of the names its Pod uses (none here), ready %.1f s after exec; baseline: the same side-car with --watch-scope=namespace, "+
+				"the design before issue 18, which caches every managed Lease of its namespace (without managedFields), ready %.1f s after exec", c.sync.Seconds(), c.syncNS.Seconds())})
 	}
 }
 
@@ -202,5 +204,32 @@ func (b *Bench) notes(sz sizes) []string {
 		fmt.Sprintf("Failover: %d samples of each crash, all at once; the kill falls at a random point of the renewal cycle.", sz.crashes),
 		fmt.Sprintf("Load: one held lock and %d waiting candidates each, ours and the baseline's side by side, counted over %.0f s after a 1 s settle, scaled to a minute.", sz.loadWaiters, sz.loadWindow.Seconds()),
 		"Percentiles are nearest-rank; ratios are baseline ÷ ours, so above 1 means ours is lower (faster, fewer requests, less memory).",
+	}
+}
+
+// reportWatchCost reports one watch-cost scenario: ours watches the names in use
+// (elector.WatchNames), the baseline every managed Lease of the namespace (WatchNamespace).
+func (b *Bench) reportWatchCost(sc watchScenario, ours, base watchRun) {
+	detail := map[string]any{"ours": ours, "baseline": base}
+	what := fmt.Sprintf("%s (%d Leases held)", sc, sc.held())
+	b.Report.Add(Metric{ID: sc.id + "-events", Section: secWatch, Name: what + ": Lease watch events the API server sends", Unit: "events/min",
+		Ours: F(ours.Events), Baseline: F(base.Events), Detail: detail,
+		Note: fmt.Sprintf("apiserver_watch_events_total of Leases over %.0f s; ours: each side-car watches the Leases of the names it uses (%d watches open), "+
+			"baseline: each watches every managed Lease of the namespace (the design before issue 18, --watch-scope=namespace, %d watches)", ours.WindowS, ours.Watches, base.Watches)})
+	b.Report.Add(Metric{ID: sc.id + "-requests", Section: secWatch, Name: what + ": Lease requests the API server serves", Unit: "req/min",
+		Ours: F(ours.Requests), Baseline: F(base.Requests),
+		Note: fmt.Sprintf("apiserver_request_total of Leases, every verb (a watch counts when it ends); writes ours %.0f/min, baseline %.0f/min", ours.Writes, base.Writes)})
+	b.Report.Add(Metric{ID: sc.id + "-apiserver-cpu", Section: secWatch, Name: what + ": kube-apiserver CPU", Unit: "CPU s/min",
+		Ours: F(ours.APICPU), Baseline: F(base.APICPU), Note: "process_cpu_seconds_total of the API server, everything it did in the window"})
+	b.Report.Add(Metric{ID: sc.id + "-sidecar-cpu", Section: secWatch, Name: what + ": CPU of one side-car process among them", Unit: "CPU s/min",
+		Ours: F(ours.ProbeCPU), Baseline: F(base.ProbeCPU), Note: "the side-car binary, its application holding what the others hold; utime + stime over the window"})
+	b.Report.Add(Metric{ID: sc.id + "-sidecar-rss", Section: secWatch, Name: what + ": RSS of that side-car", Unit: "MiB",
+		Ours: F(ours.ProbeRSS), Baseline: F(base.ProbeRSS)})
+	if len(ours.handoffTimes) > 0 && len(base.handoffTimes) > 0 {
+		b.Report.Add(Metric{ID: sc.id + "-handoff-p50", Section: secWatch, Name: what + ": handoff between two of the side-cars, p50", Unit: "ms",
+			Ours: F(ours.Handoff.P50), Baseline: F(base.Handoff.P50),
+			Note: fmt.Sprintf("%d handoffs after the window, on a lock of their own, under the same load", len(ours.handoffTimes))})
+		b.Report.Add(Metric{ID: sc.id + "-handoff-p99", Section: secWatch, Name: what + ": the same, p99", Unit: "ms",
+			Ours: F(ours.Handoff.P99), Baseline: F(base.Handoff.P99)})
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/metaparticle-io/sync/elector"
 	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/internal/testenv"
 )
@@ -35,17 +36,24 @@ type sizes struct {
 	cacheLeases           []int         // managed Leases in the namespace, for the side-car's RSS
 	churnRate             float64       // new lock names a second, each acquired and released
 	churnWindow           time.Duration // of the lock-per-order pattern
+	watch                 []watchScenario
+	watchWindow           time.Duration // of each watch-cost scenario, in each scope
+	watchHandoffs         int           // handoffs measured after it
 }
 
 func (b *Bench) sizes() sizes {
 	if b.Quick {
 		return sizes{handoffs: 40, basePairs: 10, baseRounds: 2, crashes: 2, loadWindow: 10 * time.Second, loadWaiters: 2,
 			handlerFor: time.Second, pods: 30, scale: 25, launches: 2, manyLocks: 100, settle: time.Second,
-			stormHeld: 50, stormers: 4, stormWindow: 15 * time.Second, cacheLeases: []int{100, 1000}, churnRate: 5, churnWindow: 10 * time.Second}
+			stormHeld: 50, stormers: 4, stormWindow: 15 * time.Second, cacheLeases: []int{100, 1000}, churnRate: 5, churnWindow: 10 * time.Second,
+			watch:       []watchScenario{{id: "watch-own", pods: 10, locks: 1}, {id: "watch-election", pods: 10, election: true}, {id: "watch-many", pods: 5, locks: 20}},
+			watchWindow: 5 * time.Second, watchHandoffs: 10}
 	}
 	return sizes{handoffs: 250, basePairs: 20, baseRounds: 10, crashes: 5, loadWindow: time.Minute, loadWaiters: 2,
 		handlerFor: 5 * time.Second, pods: 150, scale: 100, launches: 5, manyLocks: 1000, settle: 2 * time.Second,
-		stormHeld: 300, stormers: 8, stormWindow: time.Minute, cacheLeases: []int{1000, 10000, 50000}, churnRate: 5, churnWindow: time.Minute}
+		stormHeld: 300, stormers: 8, stormWindow: time.Minute, cacheLeases: []int{1000, 10000, 50000}, churnRate: 5, churnWindow: time.Minute,
+		watch:       []watchScenario{{id: "watch-own", pods: 200, locks: 1}, {id: "watch-election", pods: 200, election: true}, {id: "watch-many", pods: 50, locks: 20}},
+		watchWindow: time.Minute, watchHandoffs: 100}
 }
 
 // Run starts the control plane, runs every benchmark and returns the report. A benchmark that
@@ -97,6 +105,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 	var failed []string
 	phase := func(name string, f func() error) {
+		if o.Only != "" && !strings.Contains(name, o.Only) {
+			return
+		}
 		b.logf("%s", name)
 		if err := f(); err != nil {
 			b.Anomaly("%s failed: %v", name, err)
@@ -169,6 +180,31 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		return err
 	})
+	phase("watch cost: side-cars watching the names they use, and every Lease of the namespace", func() error {
+		if buildErr != nil {
+			return buildErr
+		}
+		kubeconfig, err := b.writeKubeconfig()
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, sc := range sz.watch {
+			var runs [2]watchRun
+			for i, scope := range []string{elector.WatchNames, elector.WatchNamespace} {
+				b.logf("watch cost: %s, watch scope %s", sc, scope)
+				r, err := b.watchCost(ctx, filepath.Join(tmp, "elector"), kubeconfig, sc, scope, sz.watchWindow, sz.watchHandoffs)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s, scope %s: %w", sc, scope, err))
+				}
+				runs[i] = r
+			}
+			if len(errs) == 0 {
+				b.reportWatchCost(sc, runs[0], runs[1])
+			}
+		}
+		return errors.Join(errs...)
+	})
 	phase("side-car footprint", func() error {
 		if buildErr != nil {
 			return buildErr
@@ -193,7 +229,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	return b.Report, nil
 }
 
-// Targets are the goals of issue 10.
+// Targets are the goals of issue 10, and those of later issues measured here.
 func Targets() []Target {
 	return []Target{
 		{ID: "handoff-p50", Text: "handoff p50 ≤ 15 ms", MetricID: "handoff-p50", Op: "<=", Goal: 15, Unit: "ms"},
@@ -206,6 +242,8 @@ func Targets() []Target {
 		{ID: "rss-10k-leases", Text: "side-car RSS ≤ 64 MiB with 10,000 Leases in its namespace", MetricID: "cache-10000", Op: "<=", Goal: 64, Unit: "MiB"},
 		{ID: "churn-left", Text: "0 Leases left of a lock-per-order pattern once they have been idle for --delete-idle-leases-after", MetricID: "churn-left", Op: "<=", Goal: 0, Unit: "Leases"},
 		{ID: "rss-idle", Text: "side-car RSS ≤ 20 MiB idle", MetricID: "footprint-idle", Op: "<=", Goal: 20, Unit: "MiB"},
+		{ID: "watch-own-ratio", Text: "≥ 50× fewer Lease watch events than watching the namespace, side-cars each holding its own lock (200 in the full run)", MetricID: "watch-own-events", OnRatio: true, Op: ">=", Goal: 50},
+		{ID: "watch-handoff-p50", Text: "handoff p50 ≤ 15 ms among 200 side-cars each holding its own lock", MetricID: "watch-own-handoff-p50", Op: "<=", Goal: 15, Unit: "ms"},
 	}
 }
 

@@ -12,9 +12,11 @@
 package leasefake
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -23,9 +25,11 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	k8stesting "k8s.io/client-go/testing"
@@ -269,6 +273,72 @@ func (f *API) Leases(ns string) Client {
 type Client struct {
 	coordinationv1client.LeaseInterface
 	cs *fake.Clientset
+}
+
+// List lists the Leases as the fake clientset does (by label), and by field selector (metadata.name
+// and metadata.namespace), which the fake clientset ignores and kube-apiserver does not.
+func (c Client) List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error) {
+	sel, err := fields.ParseSelector(opts.FieldSelector)
+	if err != nil {
+		return nil, apierrors.NewBadRequest(err.Error())
+	}
+	list, err := c.LeaseInterface.List(ctx, opts)
+	if err != nil || sel.Empty() {
+		return list, err
+	}
+	list.Items = slices.DeleteFunc(list.Items, func(l coordinationv1.Lease) bool { return !sel.Matches(leaseFields(&l)) })
+	return list, nil
+}
+
+// Watch watches the Leases as the fake clientset does, and by field selector (see List).
+func (c Client) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	sel, err := fields.ParseSelector(opts.FieldSelector)
+	if err != nil {
+		return nil, apierrors.NewBadRequest(err.Error())
+	}
+	w, err := c.LeaseInterface.Watch(ctx, opts)
+	if err != nil || sel.Empty() {
+		return w, err
+	}
+	fw := &filteredWatch{in: w, out: make(chan watch.Event), stop: make(chan struct{})}
+	go fw.loop(sel)
+	return fw, nil
+}
+
+// filteredWatch passes on the events of in that match a field selector. Unlike watch.Filter's,
+// its loop ends when it is stopped even while its reader has gone.
+type filteredWatch struct {
+	in   watch.Interface
+	out  chan watch.Event
+	stop chan struct{}
+	once sync.Once
+}
+
+func (w *filteredWatch) loop(sel fields.Selector) {
+	defer close(w.out)
+	for ev := range w.in.ResultChan() {
+		if l, ok := ev.Object.(*coordinationv1.Lease); ok && !sel.Matches(leaseFields(l)) {
+			continue
+		}
+		select {
+		case w.out <- ev:
+		case <-w.stop:
+			return
+		}
+	}
+}
+
+func (w *filteredWatch) ResultChan() <-chan watch.Event { return w.out }
+
+func (w *filteredWatch) Stop() {
+	w.once.Do(func() {
+		close(w.stop)
+		w.in.Stop()
+	})
+}
+
+func leaseFields(l *coordinationv1.Lease) fields.Set {
+	return fields.Set{"metadata.name": l.Name, "metadata.namespace": l.Namespace}
 }
 
 // IsWatchListSemanticsUnSupported reports that the fake cannot stream lists.

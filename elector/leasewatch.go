@@ -1,0 +1,253 @@
+package elector
+
+import (
+	"context"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/metaparticle-io/sync/internal/contract"
+	"github.com/metaparticle-io/sync/wire"
+)
+
+// Watching the Leases in use.
+//
+// A side-car learns every change of the Leases it cares about from a watch: that is how a
+// waiter is woken the moment a lock is released, without polling. What it watches is
+// Config.WatchScope:
+//
+//   - WatchNames (the default): one informer per name in use here, over the one Lease of that
+//     name (a field selector metadata.name=<lease>, as the kubelet watches each Secret a Pod
+//     mounts). A name's informer starts when a session first holds, waits for, stands in or
+//     watches it (or a client reads its state), and stops when its Lease is deleted or when
+//     nothing here has used it for watchLinger. So the API server sends a side-car the changes
+//     of its own names only: a namespace where each Pod uses its own locks costs O(Pods) watch
+//     events, not O(Pods²). A side-car with no session watches nothing.
+//   - WatchNamespace: one informer over every managed Lease of the namespace, as the first
+//     versions did. Every renewal of every lock reaches every side-car there.
+//
+// Until a name's informer has listed it, the name is not synced (nameState.synced): its worker
+// writes nothing and its watchers are told nothing, since "no Lease known" would read as
+// "free". A name's first use thus costs one list (or one streaming watch) before its first
+// grant; later grants, handoffs and wake-ups cost what they cost with one informer.
+//
+// Expiry is counted from when this side-car first saw a version (see the package
+// documentation), so a name watched late, or again after its informer stopped, only waits
+// longer: never less than a lease duration after the holder's last write.
+//
+// The Leases of names forgotten after watchLinger keep their fencing-token floor here
+// (Engine.issued), so that an etcd restore cannot make this side-car grant a token twice; a
+// name forgotten because its Lease was deleted moves it into the floor of creates, as before.
+
+// watchLinger is how long a name's informer outlives the last local use of the name: long
+// enough for this side-car's idle sweeps to delete the Lease once it has been idle for
+// DeleteIdleAfter (counted from its release, or from its expiry), so that the last Pod to use
+// a name is the one that deletes it; DefaultDeleteIdleAfter when idle Leases are never deleted.
+func (c Config) watchLinger() time.Duration {
+	if c.DeleteIdleAfter < 0 {
+		return DefaultDeleteIdleAfter
+	}
+	return c.DeleteIdleAfter + c.LeaseDuration + 2*c.idleSweepPeriod()
+}
+
+// nameWatch is the informer of one name's Lease (WatchNames).
+type nameWatch struct {
+	inf    cache.SharedIndexInformer
+	stop   context.CancelFunc
+	synced chan struct{} // closed once the informer's first list has been applied to the name
+}
+
+// newLeaseInformer returns an informer of the managed Leases of the namespace that match
+// fieldSelector ("" for all), as client-go's informer factory builds it but over the Engine's
+// LeaseClient and without resync, with the Engine's transform and watch error handler.
+// onErr, if not nil, is told of every list or watch error too.
+func (e *Engine) newLeaseInformer(fieldSelector string, h cache.ResourceEventHandler, onErr func(error)) (cache.SharedIndexInformer, cache.ResourceEventHandlerRegistration, error) {
+	leases := e.leases
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector, o.FieldSelector = contract.ManagedBySelector, fieldSelector
+			return leases.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector, o.FieldSelector = contract.ManagedBySelector, fieldSelector
+			return leases.Watch(ctx, o)
+		},
+	}
+	// A client that says it does not support streaming lists (the test adapter over client-go's
+	// fake clientset, the simulator) is listed and watched the classic way.
+	inf := cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, leases),
+		&coordinationv1.Lease{}, cache.SharedIndexInformerOptions{})
+	reg, err := inf.AddEventHandler(h)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The cache keeps what the Engine reads and writes back. managedFields, most of a Lease's
+	// bytes, go: the API server keeps a Lease's own when an Update omits them. The object is
+	// the informer's (decoded for it), but written only when there is something to drop: fakes
+	// hand the same object to others.
+	if err := inf.SetTransform(func(obj any) (any, error) {
+		if l, ok := obj.(*coordinationv1.Lease); ok && l.ManagedFields != nil {
+			l.ManagedFields = nil
+		}
+		return obj, nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	if err := inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+		e.noteInformerErr(inf, err)
+		if onErr != nil {
+			onErr(err)
+		}
+		cache.DefaultWatchErrorHandler(ctx, r, err)
+	}); err != nil {
+		return nil, nil, err
+	}
+	return inf, reg, nil
+}
+
+// watchName starts the informer of n's Lease, a name new to the Engine (WatchNames). Called
+// with e.mu held, before n is published.
+func (e *Engine) watchName(n *nameState) error {
+	ctx, stop := context.WithCancel(e.ctx)
+	w := &nameWatch{stop: stop, synced: make(chan struct{})}
+	inf, reg, err := e.newLeaseInformer(fields.OneTermEqualSelector("metadata.name", n.lease).String(), cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { e.onNameEvent(n, w.inf, obj, false, false) },
+		UpdateFunc: func(old, obj any) {
+			e.onNameEvent(n, w.inf, obj, false, e.regressed(old, obj))
+		},
+		DeleteFunc: func(obj any) { e.onNameEvent(n, w.inf, obj, true, false) },
+	}, func(err error) {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if !n.synced {
+			// Tries cannot wait for the list: the worker answers them with this.
+			n.listErr = e.apiErr("list", err)
+			if n.interested() {
+				n.wake()
+			}
+		}
+	})
+	if err != nil {
+		stop()
+		return wire.Errorf(wire.CodeInternal, "watching Lease %s: %v", n.lease, err)
+	}
+	w.inf = inf
+	n.w = w
+	go inf.RunWithContext(ctx)
+	go func() {
+		select {
+		case <-reg.HasSyncedChecker().Done():
+		case <-ctx.Done():
+			return
+		}
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		n.synced, n.listErr = true, nil
+		close(w.synced)
+		n.publish(e.clock.Now())
+		if n.interested() {
+			n.wake()
+		}
+	}()
+	return nil
+}
+
+// unwatch stops n's informer, if it has one. Called when n is forgotten.
+func (n *nameState) unwatch() {
+	if n.w != nil {
+		n.w.stop() // its last error, if any, is reported until it ages (APIStatus)
+	}
+}
+
+// cache returns the informer that watches n's Lease.
+func (n *nameState) cache() cache.SharedIndexInformer {
+	if n.w != nil {
+		return n.w.inf
+	}
+	return n.e.informer
+}
+
+// onNameEvent applies an event of n's own informer (WatchNames). Events of another Lease (from
+// a fake that ignores field selectors) and events after n was forgotten are dropped.
+func (e *Engine) onNameEvent(n *nameState, inf cache.SharedIndexInformer, obj any, deleted, regressed bool) {
+	e.noteWatch(inf)
+	l := leaseOf(obj)
+	if l == nil || l.Name != n.lease {
+		return
+	}
+	n.mu.Lock()
+	if n.removed {
+		n.mu.Unlock()
+		return
+	}
+	e.applyEvent(n, l, deleted, regressed)
+}
+
+// readName returns the state of lock or election name for a read (State, Observe), with its mu
+// held and synced, or nil when the Engine knows nothing of it (WatchNamespace: no such Lease).
+// With WatchNames a read is a use: a name not in use here is watched from now on, for
+// watchLinger, and the read waits for its first list (at most a renew deadline). Reads may
+// start at most Limits.MaxWatches watches of names nobody here holds or waits for.
+func (e *Engine) readName(kind wire.Kind, name string) (*nameState, error) {
+	if e.informer != nil {
+		return e.peekName(kind, name)
+	}
+	e.mu.Lock()
+	_, known := e.names[contract.LeaseName(kind, name)]
+	crowded := len(e.names) >= e.cfg.Limits.MaxWatches
+	e.mu.Unlock()
+	if !known && crowded {
+		return nil, wire.Errorf(wire.CodeTooMany, "the side-car already watches %d names, the limit of watches (--max-watches) for names read but not used: read a name this Pod uses, or raise the limit", e.cfg.Limits.MaxWatches)
+	}
+	timeout := e.clock.NewTimer(e.cfg.RenewDeadline)
+	defer timeout.Stop()
+	for {
+		n, err := e.lockName(kind, name)
+		if err != nil || n.synced {
+			return n, err
+		}
+		synced := n.w.synced
+		n.mu.Unlock()
+		select {
+		case <-synced:
+		case <-timeout.C():
+			return nil, wire.Errorf(wire.CodeUnavailable, "the side-car could not list Lease %s within %s: %v", contract.LeaseName(kind, name), e.cfg.RenewDeadline, e.APIStatus())
+		case <-e.ctx.Done():
+			return nil, wire.Errorf(wire.CodeShuttingDown, "the side-car stopped")
+		}
+	}
+}
+
+// forgetUnused forgets the names that nothing here has used for watchLinger (WatchNames),
+// stopping their informers; a sweep calls it. A name in use is marked used now.
+func (e *Engine) forgetUnused(now time.Time) {
+	if e.informer != nil {
+		return
+	}
+	linger := e.cfg.watchLinger()
+	for _, n := range e.allNames() {
+		n.mu.Lock()
+		if n.interested() || n.running {
+			n.usedAt = now
+		}
+		unused := !now.Before(n.usedAt.Add(linger))
+		n.mu.Unlock()
+		if unused {
+			e.forget(n, false)
+		}
+	}
+}
+
+// leaseOf returns the Lease of an informer event, nil for anything else.
+func leaseOf(obj any) *coordinationv1.Lease {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	l, _ := obj.(*coordinationv1.Lease)
+	return l
+}
