@@ -29,6 +29,7 @@ func TestConfigValidate(t *testing.T) {
 		{"listen on all interfaces", func(c *Config) { c.ListenAddress = ":13131" }, "not a loopback address"},
 		{"listen on a Pod IP", func(c *Config) { c.ListenAddress = "10.0.0.7:13131" }, "not a loopback address"},
 		{"watch scope namespace", func(c *Config) { c.WatchScope = WatchNamespace }, ""},
+		{"bad pod UID", func(c *Config) { c.PodUID = "not a uid" }, "not a valid label value"},
 		{"unknown watch scope", func(c *Config) { c.WatchScope = "cluster" }, `watch scope "cluster" must be`},
 		{"listen without port", func(c *Config) { c.ListenAddress = "127.0.0.1" }, "listen address"},
 		{"bad health address", func(c *Config) { c.HealthAddress = "nope" }, "health address"},

@@ -31,14 +31,15 @@
 //
 // Informers of the Leases labelled app.kubernetes.io/managed-by=metaparticle-sync feed a state
 // per name: by default one per name in use here, over that name's Lease alone, so that a
-// side-car hears only of the names its Pod uses (Config.WatchScope; see leasewatch.go). A name with local
-// holds, waiters, candidates or watchers has one worker goroutine, the only writer of its
-// Lease (see worker.go). A waiter is woken by the watch (the Lease was released, or changed) or
-// by a timer set to the instant the current holder's Lease expires: a deadline, not a poll.
-// Local waiters of one lock are served first come, first served; between side-cars, whoever
-// writes first wins. Every write is a Create or a conditional Update on the resourceVersion the
-// decision was based on; the loser of a race waits for the informer to deliver the winner's
-// version.
+// side-car hears only of the names its Pod uses (Config.WatchScope; see leasewatch.go). A name
+// with local holds, waiters, candidates or watchers has one worker goroutine, the only writer of
+// its Lease (see worker.go). A waiter is woken by the watch (the Lease was released, or changed
+// hands; a mere renewal by another holder only postpones the expiry its timer waits for, so it
+// wakes nobody) or by a timer set to the instant the current holder's Lease expires: a
+// deadline, not a poll. Local waiters of one lock are served first come, first served; between
+// side-cars, whoever writes first wins. Every write is a Create or a conditional Update on the
+// resourceVersion the decision was based on; the loser of a race waits for the informer to
+// deliver the winner's version.
 //
 // # Expiry by observation
 //

@@ -252,7 +252,8 @@ const shutdownNotice = time.Second
 // Shutdown ends the Engine in order: it refuses new work (wire.CodeShuttingDown), ends every
 // session, which releases every hold, waits for the sessions that outlive it
 // (SessionOptions.OutlivesShutdown) to end, closes every watch, waits for the releases to be
-// written (or ctx to end), and then stops like Halt. It returns ctx's error if the releases did
+// written (or ctx to end), deletes the Leases it used that nobody holds (WatchNames, see
+// deleteFreeOnShutdown), and then stops like Halt. It returns ctx's error if the releases did
 // not all finish in time; the holds not released then expire after their lease duration.
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.closing.Store(true)
@@ -328,6 +329,9 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 		case <-e.ctx.Done():
 			err = errors.New("halted while shutting down")
 		}
+	}
+	if err == nil {
+		e.deleteFreeOnShutdown(ctx)
 	}
 	e.Halt()
 	if err == nil {
@@ -496,6 +500,9 @@ func (e *Engine) lockName(kind wire.Kind, name string) (*nameState, error) {
 			n = newNameState(e, lease, kind, name)
 			if e.informer != nil {
 				n.synced = true // the namespace's informer has every Lease
+			} else if err := e.makeRoomLocked(); err != nil {
+				e.mu.Unlock()
+				return nil, err
 			} else if err := e.watchName(n); err != nil {
 				e.mu.Unlock()
 				return nil, err
@@ -546,8 +553,8 @@ func (e *Engine) peekName(kind wire.Kind, name string) (*nameState, error) {
 func (e *Engine) maybeRemove(n *nameState) { e.forget(n, true) }
 
 // forget forgets n if nothing local uses it and, when gone is set, it has no Lease: its state,
-// its informer (WatchNames) and, for a name whose Lease is gone, its fencing-token floor, which
-// joins the floor of creates.
+// its informer (WatchNames) and, for a name whose Lease is known to be gone, its fencing-token
+// floor, which joins the floor of creates.
 func (e *Engine) forget(n *nameState, gone bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -560,7 +567,8 @@ func (e *Engine) forget(n *nameState, gone bool) {
 	n.unwatch()
 	if e.names[n.lease] == n {
 		delete(e.names, n.lease)
-		if gone {
+		if gone && n.synced {
+			// The Lease is known to be gone (before the first list, obj == nil says nothing).
 			e.forgetIssued(n.lease)
 		}
 	}

@@ -199,3 +199,31 @@ func (e *Engine) deleteIdle(n *nameState, rv string) string {
 	e.m.idleDeletes.WithLabelValues(result).Inc()
 	return result
 }
+
+// deleteFreeOnShutdown deletes, at the end of an orderly shutdown (WatchNames), the Leases of the
+// names this side-car used that nobody holds now (released, or expired as it counts), as their
+// idle sweeps would have later: no other side-car may watch them, so nobody else would. Each
+// Delete is conditional on the version seen free, so a grant that lands first wins. It stops
+// when ctx ends; the Leases left are deleted by the next side-car to use their names, or stay.
+func (e *Engine) deleteFreeOnShutdown(ctx context.Context) {
+	if e.informer != nil || e.cfg.DeleteIdleAfter < 0 {
+		return
+	}
+	now := e.clock.Now()
+	for _, n := range e.allNames() {
+		if ctx.Err() != nil {
+			return
+		}
+		n.mu.Lock()
+		free := n.synced && n.obj != nil && !n.interested() && !n.running &&
+			(holderOf(n.obj) == "" || now.After(n.expiry()))
+		var rv string
+		if free {
+			rv = n.obj.ResourceVersion
+		}
+		n.mu.Unlock()
+		if free {
+			e.deleteIdle(n, rv)
+		}
+	}
+}

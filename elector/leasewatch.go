@@ -2,6 +2,7 @@ package elector
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -27,7 +28,10 @@ import (
 //     watches it (or a client reads its state), and stops when its Lease is deleted or when
 //     nothing here has used it for watchLinger. So the API server sends a side-car the changes
 //     of its own names only: a namespace where each Pod uses its own locks costs O(Pods) watch
-//     events, not O(Pods²). A side-car with no session watches nothing.
+//     events, not O(Pods²). A side-car with no session watches nothing. kube-apiserver's watch
+//     cache files such a watch under its namespace and name (k8s.io/apiserver's cacher, in 1.37
+//     which this project tests with), so an event is offered only to the watches of its own Lease, where a label
+//     selector would have it filtered against every watch of the namespace.
 //   - WatchNamespace: one informer over every managed Lease of the namespace, as the first
 //     versions did. Every renewal of every lock reaches every side-car there.
 //
@@ -39,6 +43,11 @@ import (
 // Expiry is counted from when this side-car first saw a version (see the package
 // documentation), so a name watched late, or again after its informer stopped, only waits
 // longer: never less than a lease duration after the holder's last write.
+//
+// Idle Leases are deleted by the side-cars that watch them (idle.go), so the last Pod to use a
+// name deletes its Lease; an orderly shutdown deletes the free Leases of the names it used at
+// once (deleteFreeOnShutdown). The Lease of a name whose last user died without a shutdown stays
+// until a Pod uses the name again.
 //
 // The Leases of names forgotten after watchLinger keep their fencing-token floor here
 // (Engine.issued), so that an etcd restore cannot make this side-car grant a token twice; a
@@ -57,10 +66,17 @@ func (c Config) watchLinger() time.Duration {
 
 // nameWatch is the informer of one name's Lease (WatchNames).
 type nameWatch struct {
-	inf    cache.SharedIndexInformer
-	stop   context.CancelFunc
-	synced chan struct{} // closed once the informer's first list has been applied to the name
+	inf     cache.SharedIndexInformer
+	stop    context.CancelFunc
+	since   time.Time     // when it started, on the Engine's clock
+	synced  chan struct{} // closed once the informer's first list has been applied to the name
+	failed  chan struct{} // closed at the first failure of a list or watch before that
+	failure sync.Once
 }
+
+// firstListWait bounds how long a try, a read or a new watch stream waits for a name's first
+// list before it is answered 503 unavailable: the renew deadline.
+func (c Config) firstListWait() time.Duration { return c.RenewDeadline }
 
 // newLeaseInformer returns an informer of the managed Leases of the namespace that match
 // fieldSelector ("" for all), as client-go's informer factory builds it but over the Engine's
@@ -114,7 +130,7 @@ func (e *Engine) newLeaseInformer(fieldSelector string, h cache.ResourceEventHan
 // with e.mu held, before n is published.
 func (e *Engine) watchName(n *nameState) error {
 	ctx, stop := context.WithCancel(e.ctx)
-	w := &nameWatch{stop: stop, synced: make(chan struct{})}
+	w := &nameWatch{stop: stop, since: e.clock.Now(), synced: make(chan struct{}), failed: make(chan struct{})}
 	inf, reg, err := e.newLeaseInformer(fields.OneTermEqualSelector("metadata.name", n.lease).String(), cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) { e.onNameEvent(n, w.inf, obj, false, false) },
 		UpdateFunc: func(old, obj any) {
@@ -125,8 +141,9 @@ func (e *Engine) watchName(n *nameState) error {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		if !n.synced {
-			// Tries cannot wait for the list: the worker answers them with this.
+			// Tries and reads cannot wait for the list: they are answered with this.
 			n.listErr = e.apiErr("list", err)
+			w.failure.Do(func() { close(w.failed) })
 			if n.interested() {
 				n.wake()
 			}
@@ -191,36 +208,80 @@ func (e *Engine) onNameEvent(n *nameState, inf cache.SharedIndexInformer, obj an
 // readName returns the state of lock or election name for a read (State, Observe), with its mu
 // held and synced, or nil when the Engine knows nothing of it (WatchNamespace: no such Lease).
 // With WatchNames a read is a use: a name not in use here is watched from now on, for
-// watchLinger, and the read waits for its first list (at most a renew deadline). Reads may
-// start at most Limits.MaxWatches watches of names nobody here holds or waits for.
+// watchLinger (or until Limits.MaxNames evicts it), and the read waits for its first list (see
+// useSynced).
 func (e *Engine) readName(kind wire.Kind, name string) (*nameState, error) {
 	if e.informer != nil {
 		return e.peekName(kind, name)
 	}
-	e.mu.Lock()
-	_, known := e.names[contract.LeaseName(kind, name)]
-	crowded := len(e.names) >= e.cfg.Limits.MaxWatches
-	e.mu.Unlock()
-	if !known && crowded {
-		return nil, wire.Errorf(wire.CodeTooMany, "the side-car already watches %d names, the limit of watches (--max-watches) for names read but not used: read a name this Pod uses, or raise the limit", e.cfg.Limits.MaxWatches)
-	}
-	timeout := e.clock.NewTimer(e.cfg.RenewDeadline)
+	return e.useSynced(kind, name)
+}
+
+// useSynced is lockName for a use that needs the name's Lease listed first (a read, a new watch
+// stream): with WatchNames it waits for the name's first list, and fails with
+// wire.CodeUnavailable when that list fails or takes firstListWait.
+func (e *Engine) useSynced(kind wire.Kind, name string) (*nameState, error) {
+	timeout := e.clock.NewTimer(e.cfg.firstListWait())
 	defer timeout.Stop()
 	for {
 		n, err := e.lockName(kind, name)
 		if err != nil || n.synced {
 			return n, err
 		}
-		synced := n.w.synced
+		w := n.w
 		n.mu.Unlock()
 		select {
-		case <-synced:
+		case <-w.synced:
+			continue
+		case <-w.failed:
 		case <-timeout.C():
-			return nil, wire.Errorf(wire.CodeUnavailable, "the side-car could not list Lease %s within %s: %v", contract.LeaseName(kind, name), e.cfg.RenewDeadline, e.APIStatus())
 		case <-e.ctx.Done():
 			return nil, wire.Errorf(wire.CodeShuttingDown, "the side-car stopped")
 		}
+		n.mu.Lock()
+		synced, err := n.synced, n.listErr
+		n.mu.Unlock()
+		if synced {
+			continue
+		}
+		if err == nil {
+			err = wire.Errorf(wire.CodeUnavailable, "the side-car could not list Lease %s within %s", contract.LeaseName(kind, name), e.cfg.firstListWait())
+		}
+		e.maybeRemove(n)
+		return nil, err
 	}
+}
+
+// makeRoomLocked makes room for one more name under Limits.MaxNames (WatchNames), evicting the
+// least recently used of the names nothing uses now, and fails with wire.CodeTooMany when every
+// name is in use. Called with e.mu held.
+func (e *Engine) makeRoomLocked() error {
+	if len(e.names) < e.cfg.Limits.MaxNames {
+		return nil
+	}
+	var oldest *nameState
+	for _, n := range e.names {
+		n.mu.Lock()
+		if !n.interested() && !n.running && (oldest == nil || n.usedAt.Before(oldest.usedAt)) {
+			oldest = n
+		}
+		n.mu.Unlock()
+	}
+	if oldest == nil {
+		return wire.Errorf(wire.CodeTooMany, "the side-car watches %d names, all in use, its limit (--max-names, about 150 KiB each): release some, raise the limit and the side-car's memory limit, or use --watch-scope=namespace", len(e.names))
+	}
+	oldest.mu.Lock()
+	defer oldest.mu.Unlock()
+	if oldest.interested() || oldest.running {
+		return wire.Errorf(wire.CodeTooMany, "the side-car watches %d names, all in use, its limit (--max-names): try again", len(e.names))
+	}
+	oldest.removed = true
+	oldest.unwatch()
+	delete(e.names, oldest.lease)
+	if oldest.synced && oldest.obj == nil {
+		e.forgetIssued(oldest.lease)
+	}
+	return nil
 }
 
 // forgetUnused forgets the names that nothing here has used for watchLinger (WatchNames),
@@ -250,4 +311,29 @@ func leaseOf(obj any) *coordinationv1.Lease {
 	}
 	l, _ := obj.(*coordinationv1.Lease)
 	return l
+}
+
+// answerTriesUnlisted answers the tries of n, not yet listed, once its list failed or has taken
+// firstListWait, and returns when to look again (zero: only when woken). Called with n.mu held.
+func (n *nameState) answerTriesUnlisted(now time.Time) time.Time {
+	due := n.w.since.Add(n.e.cfg.firstListWait())
+	err := n.listErr
+	if err == nil && !now.Before(due) {
+		err = wire.Errorf(wire.CodeUnavailable, "the side-car could not list Lease %s within %s", n.lease, n.e.cfg.firstListWait())
+	}
+	tries := false
+	for _, c := range append([]*contender(nil), n.queue...) {
+		if !c.try {
+			continue
+		}
+		if err != nil {
+			n.answer(c, wire.Grant{}, err, "failed")
+		} else {
+			tries = true
+		}
+	}
+	if tries {
+		return due
+	}
+	return time.Time{}
 }

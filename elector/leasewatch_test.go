@@ -6,6 +6,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/metaparticle-io/sync/elector/internal/leasefake"
@@ -121,24 +123,31 @@ func TestUnusedNamesAreForgotten(t *testing.T) {
 	})
 }
 
-// Reads of names nobody here uses start at most Limits.MaxWatches watches.
-func TestReadsOfUnusedNamesAreBounded(t *testing.T) {
+// Limits.MaxNames bounds the names watched: a new one evicts the least recently used name
+// nothing uses, and is refused when every name is in use.
+func TestWatchedNamesAreBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := namesScope(t)
-		cfg.Limits.MaxWatches = 2
+		cfg.Limits.MaxNames = 2
 		b := newBedWith(t, cfg, nil, nil)
-		for i, name := range []string{"a", "b", "c"} {
-			_, err := b.e.State(wire.KindLock, name)
-			want := wire.ErrorCode("")
-			if i == 2 {
-				want = wire.CodeTooMany
-			}
-			if codeOf(err) != want {
-				t.Errorf("State(%q) with %d names watched: got %v; want code %q", name, i, err, want)
-			}
+		b.read("a")
+		b.step(time.Second)
+		b.read("b")
+		b.read("c") // evicts a, read first
+		if b.known("a") || !b.known("b") || !b.known("c") {
+			t.Fatalf("names known after reading a, b, c with room for 2: got a %v, b %v, c %v; want b and c", b.known("a"), b.known("b"), b.known("c"))
 		}
-		if _, err := b.e.State(wire.KindLock, "a"); err != nil {
-			t.Errorf("State of a name already watched: got %v; want nil", err)
+		s := b.open()
+		b.mustAcquire(s.Key(), "b")
+		b.mustAcquire(s.Key(), "c")
+		if _, err := b.e.State(wire.KindLock, "d"); codeOf(err) != wire.CodeTooMany {
+			t.Errorf("State of a third name with both in use: got %v; want %s", err, wire.CodeTooMany)
+		}
+		if _, err := b.e.Acquire(context.Background(), s.Key(), "d", wire.AcquireRequest{Try: true}); codeOf(err) != wire.CodeTooMany {
+			t.Errorf("Acquire of a third name with both in use: got %v; want %s", err, wire.CodeTooMany)
+		}
+		if _, err := b.e.State(wire.KindLock, "b"); err != nil {
+			t.Errorf("State of a name in use: got %v; want nil", err)
 		}
 	})
 }
@@ -175,4 +184,54 @@ func TestRenewalsElsewhereDoNotWakeWaiters(t *testing.T) {
 			t.Fatalf("acquire after the release elsewhere: got %+v, stored holder %q; want a grant to %q", o, holderOfStored(api, lease), s.Holder)
 		}
 	})
+}
+
+// A try of a name whose first list does not come back is answered unavailable after
+// firstListWait, and a try of a name whose list fails at once with that failure; a name
+// forgotten before its first list keeps the fencing-token floor granted here.
+func TestTriesDoNotWaitForAFirstListForEver(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBedWith(t, namesScope(t), nil, nil)
+		lease := contract.LeaseName(wire.KindLock, "x")
+		s := b.open()
+		g := b.mustAcquire(s.Key(), "x")
+		if err := b.e.Release(context.Background(), s.Key(), "x", g.Token); err != nil {
+			t.Fatalf("Release: got %v; want nil", err)
+		}
+		b.forgetAll()
+
+		// The API server stops answering lists.
+		unblock := make(chan struct{})
+		b.api.Clientset().PrependReactor("list", "leases", func(k8stesting.Action) (bool, runtime.Object, error) {
+			<-unblock
+			return true, nil, apierrors.NewServiceUnavailable("gone")
+		})
+		t.Cleanup(func() { close(unblock) })
+		got := b.acquire(s.Key(), "x", wire.AcquireRequest{Try: true})
+		quiet(t, got, "try before the first list has taken the renew deadline")
+		b.step(b.e.cfg.firstListWait())
+		if o := wait(t, got); codeOf(o.err) != wire.CodeUnavailable {
+			t.Fatalf("try after the renew deadline without a list: got %+v; want %s", o, wire.CodeUnavailable)
+		}
+		b.settle()
+		if b.known("x") {
+			t.Errorf("got lock x known after its try was answered; want it forgotten")
+		}
+		if got, want := b.e.issuedFloor(lease), tokenNum(t, g.Token); got != want {
+			t.Errorf("token floor after forgetting a name never listed: got %d; want %d, the token granted here", got, want)
+		}
+	})
+}
+
+// forgetAll makes b's Engine forget every name nothing uses, as after watchLinger.
+func (b *bed) forgetAll() {
+	b.t.Helper()
+	b.settle()
+	b.e.forgetUnused(b.e.clock.Now().Add(b.e.cfg.watchLinger()))
+	b.settle()
+	b.e.mu.Lock()
+	defer b.e.mu.Unlock()
+	if len(b.e.names) != 0 {
+		b.t.Fatalf("names known after forgetting the unused: got %d; want 0", len(b.e.names))
+	}
 }

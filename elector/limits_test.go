@@ -98,7 +98,7 @@ func TestLimitsRefuseWithTooMany(t *testing.T) {
 // The limits default, and a negative one is refused at construction.
 func TestLimitsDefaultsAndValidation(t *testing.T) {
 	c := Config{PodName: "p", Namespace: "ns"}.withDefaults()
-	want := Limits{DefaultMaxSessions, DefaultMaxNamesPerSession, DefaultMaxPendingAcquires, DefaultMaxWatches}
+	want := Limits{DefaultMaxSessions, DefaultMaxNamesPerSession, DefaultMaxPendingAcquires, DefaultMaxWatches, DefaultMaxNames}
 	if c.Limits != want {
 		t.Errorf("default limits: got %+v; want %+v", c.Limits, want)
 	}

@@ -89,6 +89,7 @@ func newNameState(e *Engine, lease string, kind wire.Kind, name string) *nameSta
 		name:     name,
 		kick:     make(chan struct{}, 1),
 		watchers: map[*watcher]struct{}{},
+		usedAt:   e.clock.Now(),
 	}
 }
 

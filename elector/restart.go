@@ -91,6 +91,15 @@ func (e *Engine) deadHoldDue(l *coordinationv1.Lease) time.Time {
 // UID it lists one managed Lease, so that the side-car serves once it has reached the API
 // server, as with a UID. A failure is reported by readyErr until a list succeeds.
 func (e *Engine) listOwnHolds(ctx context.Context, stop <-chan struct{}) ([]coordinationv1.Lease, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-stop: // the Engine halted: abandon a list in flight
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
 	backoff := utilwait.Backoff{Duration: e.cfg.RetryPeriod, Factor: 2, Jitter: 0.1, Steps: math.MaxInt32, Cap: 30 * time.Second}
 	for {
 		var items []coordinationv1.Lease

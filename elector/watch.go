@@ -49,7 +49,7 @@ func (e *Engine) Watch(ctx context.Context, kind wire.Kind, name string, emit fu
 		return wire.Errorf(wire.CodeTooMany, "the side-car has %d watches open, its limit (--max-watches): close some, or raise the limit", max)
 	}
 	defer e.watches.Add(-1)
-	n, err := e.lockName(kind, name)
+	n, err := e.useSynced(kind, name)
 	if err != nil {
 		return err
 	}

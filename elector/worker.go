@@ -174,16 +174,10 @@ func (n *nameState) run() {
 // time is always after now.
 func (n *nameState) plan(now time.Time) (*action, time.Time) {
 	if !n.synced {
-		// The first list wakes the worker. Until then tries are answered with its failure, if
-		// it failed; blocking acquires and candidates wait, as they do through any API trouble.
-		if n.listErr != nil {
-			for _, c := range append([]*contender(nil), n.queue...) {
-				if c.try {
-					n.answer(c, wire.Grant{}, n.listErr, "failed")
-				}
-			}
-		}
-		return nil, time.Time{}
+		// The first list wakes the worker. Until then tries are answered with its failure, or
+		// when it has taken firstListWait; blocking acquires and candidates wait, as they do
+		// through any API trouble.
+		return nil, n.answerTriesUnlisted(now)
 	}
 	n.publish(now)
 	cfg := n.e.cfg

@@ -158,7 +158,8 @@ func gauge(t *testing.T, g prometheus.Gatherer, name string, kind wire.Kind) flo
 	return sample(t, g, name, "kind", string(kind))
 }
 
-// sample returns the value of the gauge or counter name whose label has value.
+// sample returns the value of the gauge or counter name whose label has value (the unlabelled
+// one when label is "").
 func sample(t *testing.T, g prometheus.Gatherer, name, label, value string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
@@ -170,14 +171,17 @@ func sample(t *testing.T, g prometheus.Gatherer, name, label, value string) floa
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			match := label == "" && len(m.GetLabel()) == 0
 			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					if m.Counter != nil {
-						return m.GetCounter().GetValue()
-					}
-					return m.GetGauge().GetValue()
-				}
+				match = match || l.GetName() == label && l.GetValue() == value
 			}
+			if !match {
+				continue
+			}
+			if m.Counter != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
 		}
 	}
 	t.Fatalf("got no %s{%s=%q}; want one", name, label, value)

@@ -674,9 +674,8 @@ func TestIntegrationTokensIncreaseAcrossDeleteAndRestart(t *testing.T) {
 	if err := leases.Delete(context.Background(), g1.Lease, metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("deleting Lease %s: got %v; want nil", g1.Lease, err)
 	}
-	eventually(t, "the side-car to see the deletion", func() bool {
-		_, known, err := a.e.Observe(wire.KindLock, "fenced")
-		return err == nil && !known
+	eventually(t, "the side-car to see the deletion and forget the name", func() bool {
+		return sample(t, a.reg, "metaparticle_sync_lease_watches", "", "") == 0
 	})
 	g2 := a.c.mustAcquire(s.ID, "fenced") // the create path
 	if err := a.c.release(s.ID, "fenced"); err != nil {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -80,8 +82,9 @@ func TestIntegrationRun(t *testing.T) {
 	if err := await(t, done, "Run's return after its context ended"); err != nil {
 		t.Fatalf("Run: got %v; want nil", err)
 	}
-	if h := holderOf(getLease(t, ns, g.Lease)); h != "" {
-		t.Errorf("got holder %q after shutdown; want released", h)
+	// Released, and then deleted: nobody holds it, and no other side-car may watch it.
+	if l, err := env.Clientset.CoordinationV1().Leases(ns).Get(context.Background(), g.Lease, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("got Lease %s after shutdown: %v (holder %q); want it released and deleted", g.Lease, err, holderOf(l))
 	}
 	if _, err := http.Get("http://" + apiAddr + wire.PathSessions); err == nil {
 		t.Errorf("GET of the lock API after Run returned: got an answer; want the connection refused")

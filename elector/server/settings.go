@@ -103,6 +103,10 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 		fmt.Sprintf("Lock acquires waiting at once, over all sessions; beyond it 429 too_many. Default %d.", elector.DefaultMaxPendingAcquires)))
 	fs.IntVar(&s.Limits.MaxWatches, "max-watches", 0, usage("max-watches", contract.EnvMaxWatches,
 		fmt.Sprintf("Lock and election watch streams open at once; beyond it 429 too_many. Default %d.", elector.DefaultMaxWatches)))
+	fs.IntVar(&s.Limits.MaxNames, "max-names", 0, usage("max-names", contract.EnvMaxNames,
+		fmt.Sprintf("Names whose Lease the side-car watches at once (--watch-scope=names), about 150 KiB\n"+
+			"each; a new one evicts the least recently used name nothing uses, or is refused with 429\n"+
+			"too_many. Raise the memory limit with it. Default %d.", elector.DefaultMaxNames)))
 	fs.DurationVar(&s.DeleteIdleAfter, "delete-idle-leases-after", 0, usage("delete-idle-leases-after", contract.EnvDeleteIdleLeasesAfter,
 		"Delete a Lease this long after its release (or a lease duration plus this long after its\n"+
 			"holder's last renewal) if nothing of this Pod uses it, conditional on its resourceVersion,\n"+

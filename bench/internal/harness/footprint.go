@@ -286,7 +286,7 @@ func (b *Bench) footprint(ctx context.Context, electorBin, holderBin string, lau
 }
 
 func (b *Bench) footprintMany(ctx context.Context, bin, kubeconfig, ns string, many int, settle time.Duration, res *footprintResult) error {
-	p, addr, _, err := b.launchElector(bin, kubeconfig, ns, "footprint-many", RelaxedTimings...)
+	p, addr, _, err := b.launchElector(bin, kubeconfig, ns, "footprint-many", append([]string{fmt.Sprintf("--max-names=%d", many)}, RelaxedTimings...)...)
 	if err != nil {
 		return err
 	}

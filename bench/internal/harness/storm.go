@@ -39,7 +39,8 @@ func (b *Bench) stormOnce(ctx context.Context, held, stormers int, window time.D
 	if err != nil {
 		return r, err
 	}
-	sc, err := b.startSidecar(ctx, ns, "storm", nil, elector.Config{}, oneBudget)
+	// Room for the held locks and the names being tried (--max-names).
+	sc, err := b.startSidecar(ctx, ns, "storm", nil, elector.Config{Limits: elector.Limits{MaxNames: 4 * held}}, oneBudget)
 	if err != nil {
 		return r, err
 	}
