@@ -85,7 +85,7 @@ python-test: control-plane ## Python SDK (sdk/python) with unittest against real
 ##@ Benchmarks
 
 .PHONY: bench
-bench: control-plane ## Side-car vs client-go leader election on a real API server: one table, bench/results/latest.json, docs/benchmarks.md (< 10 min).
+bench: control-plane ## Side-car vs client-go leader election on a real API server: one table, bench/results/latest.json, docs/benchmarks.md (about 18 min).
 	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh --print-assets) go run ./bench/cmd/bench
 
 .PHONY: bench-smoke

@@ -268,7 +268,7 @@ func (e *Engine) makeRoomLocked() error {
 		n.mu.Unlock()
 	}
 	if oldest == nil {
-		return wire.Errorf(wire.CodeTooMany, "the side-car watches %d names, all in use, its limit (--max-names, about 150 KiB each): release some, raise the limit and the side-car's memory limit, or use --watch-scope=namespace", len(e.names))
+		return wire.Errorf(wire.CodeTooMany, "the side-car watches %d names, all in use, its limit (--max-names, about 165 KiB each): release some, raise the limit and the side-car's memory limit, or use --watch-scope=namespace", len(e.names))
 	}
 	oldest.mu.Lock()
 	defer oldest.mu.Unlock()

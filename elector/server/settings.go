@@ -104,7 +104,7 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 	fs.IntVar(&s.Limits.MaxWatches, "max-watches", 0, usage("max-watches", contract.EnvMaxWatches,
 		fmt.Sprintf("Lock and election watch streams open at once; beyond it 429 too_many. Default %d.", elector.DefaultMaxWatches)))
 	fs.IntVar(&s.Limits.MaxNames, "max-names", 0, usage("max-names", contract.EnvMaxNames,
-		fmt.Sprintf("Names whose Lease the side-car watches at once (--watch-scope=names), about 150 KiB\n"+
+		fmt.Sprintf("Names whose Lease the side-car watches at once (--watch-scope=names), about 165 KiB\n"+
 			"each; a new one evicts the least recently used name nothing uses, or is refused with 429\n"+
 			"too_many. Raise the memory limit with it. Default %d.", elector.DefaultMaxNames)))
 	fs.DurationVar(&s.DeleteIdleAfter, "delete-idle-leases-after", 0, usage("delete-idle-leases-after", contract.EnvDeleteIdleLeasesAfter,

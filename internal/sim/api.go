@@ -138,6 +138,11 @@ func parseSelector(opts metav1.ListOptions) (selector, error) {
 	if err != nil {
 		return selector{}, apierrors.NewBadRequest(err.Error())
 	}
+	for _, r := range fs.Requirements() {
+		if r.Field != "metadata.name" && r.Field != "metadata.namespace" {
+			return selector{}, apierrors.NewBadRequest(fmt.Sprintf("field label not supported: %s", r.Field))
+		}
+	}
 	return selector{ls, fs}, nil
 }
 

@@ -46,8 +46,8 @@ func (b *Bench) sizes() sizes {
 		return sizes{handoffs: 40, basePairs: 10, baseRounds: 2, crashes: 2, loadWindow: 10 * time.Second, loadWaiters: 2,
 			handlerFor: time.Second, pods: 30, scale: 25, launches: 2, manyLocks: 100, settle: time.Second,
 			stormHeld: 50, stormers: 4, stormWindow: 15 * time.Second, cacheLeases: []int{100, 1000}, churnRate: 5, churnWindow: 10 * time.Second,
-			watch:       []watchScenario{{id: "watch-own", pods: 10, locks: 1}, {id: "watch-election", pods: 10, election: true}, {id: "watch-many", pods: 5, locks: 20}},
-			watchWindow: 5 * time.Second, watchHandoffs: 10}
+			watch:       []watchScenario{{id: "watch-own", pods: 8, locks: 1}, {id: "watch-election", pods: 8, election: true}, {id: "watch-many", pods: 4, locks: 10}},
+			watchWindow: 3 * time.Second, watchHandoffs: 5}
 	}
 	return sizes{handoffs: 250, basePairs: 20, baseRounds: 10, crashes: 5, loadWindow: time.Minute, loadWaiters: 2,
 		handlerFor: 5 * time.Second, pods: 150, scale: 100, launches: 5, manyLocks: 1000, settle: 2 * time.Second,

@@ -278,9 +278,9 @@ type Client struct {
 // List lists the Leases as the fake clientset does (by label), and by field selector (metadata.name
 // and metadata.namespace), which the fake clientset ignores and kube-apiserver does not.
 func (c Client) List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error) {
-	sel, err := fields.ParseSelector(opts.FieldSelector)
+	sel, err := leaseFieldSelector(opts)
 	if err != nil {
-		return nil, apierrors.NewBadRequest(err.Error())
+		return nil, err
 	}
 	list, err := c.LeaseInterface.List(ctx, opts)
 	if err != nil || sel.Empty() {
@@ -292,9 +292,9 @@ func (c Client) List(ctx context.Context, opts metav1.ListOptions) (*coordinatio
 
 // Watch watches the Leases as the fake clientset does, and by field selector (see List).
 func (c Client) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-	sel, err := fields.ParseSelector(opts.FieldSelector)
+	sel, err := leaseFieldSelector(opts)
 	if err != nil {
-		return nil, apierrors.NewBadRequest(err.Error())
+		return nil, err
 	}
 	w, err := c.LeaseInterface.Watch(ctx, opts)
 	if err != nil || sel.Empty() {
@@ -335,6 +335,21 @@ func (w *filteredWatch) Stop() {
 		close(w.stop)
 		w.in.Stop()
 	})
+}
+
+// leaseFieldSelector parses the field selector of opts, refusing fields kube-apiserver does not
+// offer for Leases as it does (400).
+func leaseFieldSelector(opts metav1.ListOptions) (fields.Selector, error) {
+	sel, err := fields.ParseSelector(opts.FieldSelector)
+	if err != nil {
+		return nil, apierrors.NewBadRequest(err.Error())
+	}
+	for _, r := range sel.Requirements() {
+		if r.Field != "metadata.name" && r.Field != "metadata.namespace" {
+			return nil, apierrors.NewBadRequest(fmt.Sprintf("field label not supported: %s", r.Field))
+		}
+	}
+	return sel, nil
 }
 
 func leaseFields(l *coordinationv1.Lease) fields.Set {
