@@ -64,9 +64,9 @@ type Config struct {
 
 	// DeleteIdleAfter is how long a Lease must have been idle before the side-car deletes it:
 	// not held (released, or expired a lease duration after its holder's last write that this
-	// side-car saw) and not used by any local session or watch. Every side-car of a namespace
-	// caches every managed Lease there, so a pattern of one lock per order or per job would
-	// otherwise grow every one of them without end. The deletion is conditional on the
+	// side-car saw) and not used by any local session or watch. Otherwise a pattern of one lock
+	// per order or per job would fill the namespace (and, with WatchNamespace, every side-car's
+	// cache) without end. The deletion is conditional on the
 	// resourceVersion this side-car saw idle, so it can never undo a grant; fencing tokens keep
 	// growing across the next create. Zero means DefaultDeleteIdleAfter (or LeaseDuration, if
 	// longer); a negative value never deletes. Positive values must be at least LeaseDuration.

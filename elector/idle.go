@@ -13,10 +13,10 @@ import (
 
 // Idle Leases are deleted.
 //
-// A lock's Lease outlives its last use: a release only clears its holder. Every side-car caches
-// every managed Lease of its namespace, so a pattern of one lock per order or per job would grow
-// every side-car there until its memory limit killed it. So every side-car looks for Leases that
-// have been idle for Config.DeleteIdleAfter and deletes them:
+// A lock's Lease outlives its last use: a release only clears its holder, so a pattern of one
+// lock per order or per job would fill the namespace (and, with WatchNamespace, every side-car's
+// cache) without end. So every side-car looks, among the Leases it watches, for those that have
+// been idle for Config.DeleteIdleAfter and deletes them:
 //
 //   - idle means not held (released, or its holder stopped renewing a lease duration before, as
 //     this side-car counts expiry) and not used here (no hold, waiter, candidate or watch); the

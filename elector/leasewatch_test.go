@@ -16,15 +16,7 @@ import (
 )
 
 // watchesOf returns the field selectors of the watches b's side-car opened, in order.
-func (b *bed) watchesOf() []string {
-	var out []string
-	for _, a := range b.api.Clientset().Actions() {
-		if w, ok := a.(k8stesting.WatchActionImpl); ok {
-			out = append(out, w.WatchRestrictions.Fields.String())
-		}
-	}
-	return out
-}
+func (b *bed) watchesOf() []string { return b.api.WatchesOpened() }
 
 // known reports whether the Engine keeps state for lock name.
 func (b *bed) known(name string) bool {

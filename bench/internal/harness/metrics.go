@@ -163,7 +163,7 @@ func (b *Bench) reportFootprint(r footprintResult, many int) {
 	b.Report.Add(Metric{ID: "footprint-one", Section: secFootprint, Name: "RSS, 1 held lock", Unit: "MiB", Ours: F(r.one), Baseline: F(r.baseOne)})
 	b.Report.Add(Metric{ID: "footprint-many", Section: secFootprint, Name: fmt.Sprintf("RSS, %d held locks", many), Unit: "MiB", Ours: F(r.many), Baseline: F(r.baseMany),
 		Note: fmt.Sprintf("relaxed timings for both (ours %s; client-go LeaseDuration 60s, RenewDeadline 45s, RetryPeriod 30s): at the defaults, %d holds need more renewals per second than our renewal budget (100 QPS) or the baseline's client (50 QPS) can send; %d of ours were lost. "+
-			"Ours watches each name's Lease on its own (--watch-scope=names, --max-names=%d), about 165 KiB a name; with --watch-scope=namespace a hold costs about 25 KiB (40 MiB for 1,000 in the runs before issue 18)", strings.Join(RelaxedTimings, " "), many, r.manyLost, many)})
+			"Ours watches each name's Lease on its own (--watch-scope=names, --max-names=%d), about 165 KiB a name; with --watch-scope=namespace a hold costs about 22 KiB (37 MiB for 1,000 in the run before issue 18)", strings.Join(RelaxedTimings, " "), many, r.manyLost, many)})
 	b.Report.Add(Metric{ID: "footprint-many-acquire", Section: secFootprint, Name: fmt.Sprintf("time to hold %d locks", many), Unit: "s", Ours: F(r.manyAcquire.Seconds()), Baseline: F(r.baseManyAcquire.Seconds()),
 		Note: "both limited by their client's 50 QPS: ours writes twice per new Lease (create, then the fencing token), client-go gets then creates"})
 	b.Report.Add(Metric{ID: "footprint-startup", Section: secFootprint, Name: fmt.Sprintf("start-up to ready, median of %d", r.startup.N), Unit: "ms", Ours: F(r.startup.P50),

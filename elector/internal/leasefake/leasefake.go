@@ -50,11 +50,20 @@ type API struct {
 	writes []string                                           // "create <lease>", "update <lease>", "delete <lease>"
 	hooks  []func(verb string, l *coordinationv1.Lease) error // run before each write; a non-nil error fails it
 	rvText func(uint64) string                                // formats resourceVersions; default decimal
+	log    []logged                                           // every change, oldest first, for watches that resume
+	watch  map[*leaseWatch]struct{}                           // open watches
+	opened []string                                           // the field selector of every watch opened
+}
+
+// logged is a change with the revision it was made at.
+type logged struct {
+	rev uint64
+	ev  watch.Event
 }
 
 // New returns an empty fake whose next revision is 101. Unexpected API calls fail t.
 func New(t testing.TB) *API {
-	f := &API{t: t, cs: fake.NewSimpleClientset(), rev: 100}
+	f := &API{t: t, cs: fake.NewSimpleClientset(), rev: 100, watch: map[*leaseWatch]struct{}{}}
 	f.cs.PrependReactor("create", "leases", f.create)
 	f.cs.PrependReactor("update", "leases", f.update)
 	f.cs.PrependReactor("delete", "leases", f.delete)
@@ -97,9 +106,13 @@ func (f *API) create(a k8stesting.Action) (bool, runtime.Object, error) {
 	}
 	l.ResourceVersion = f.nextRV()
 	l.UID = types.UID("uid-" + l.ResourceVersion)
+	if l.Namespace == "" {
+		l.Namespace = a.GetNamespace()
+	}
 	if err := f.cs.Tracker().Create(leasesGVR, l, a.GetNamespace()); err != nil {
 		return true, nil, err
 	}
+	f.emitLocked(watch.Added, l)
 	return true, l.DeepCopy(), nil
 }
 
@@ -124,9 +137,13 @@ func (f *API) updateLocked(ns string, l *coordinationv1.Lease) (bool, runtime.Ob
 			fmt.Errorf("the object has been modified (resourceVersion %s, stored %s)", l.ResourceVersion, rv))
 	}
 	l.ResourceVersion = f.nextRV()
+	if l.Namespace == "" {
+		l.Namespace = ns
+	}
 	if err := f.cs.Tracker().Update(leasesGVR, l, ns); err != nil {
 		return true, nil, err
 	}
+	f.emitLocked(watch.Modified, l)
 	return true, l.DeepCopy(), nil
 }
 
@@ -146,7 +163,7 @@ func (f *API) delete(a k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewConflict(leasesGVR.GroupResource(), d.GetName(),
 			fmt.Errorf("precondition failed: resourceVersion in precondition: %s, in object meta: %s", *p.ResourceVersion, cur.ResourceVersion))
 	}
-	if err := f.cs.Tracker().Delete(leasesGVR, a.GetNamespace(), d.GetName()); err != nil {
+	if err := f.removeLocked(a.GetNamespace(), d.GetName()); err != nil {
 		return true, nil, err
 	}
 	return true, nil, nil
@@ -203,6 +220,7 @@ func (f *API) Put(l *coordinationv1.Lease) *coordinationv1.Lease {
 		if err := f.cs.Tracker().Create(leasesGVR, l, l.Namespace); err != nil {
 			f.t.Fatalf("creating Lease %s: %v", l.Name, err)
 		}
+		f.emitLocked(watch.Added, l)
 		return l
 	}
 	l.ResourceVersion = cur.(*coordinationv1.Lease).ResourceVersion
@@ -217,15 +235,34 @@ func (f *API) Remove(name string) {
 	f.t.Helper()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.cs.Tracker().Delete(leasesGVR, Namespace, name); err != nil {
+	if err := f.removeLocked(Namespace, name); err != nil {
 		f.t.Fatalf("deleting Lease %s: %v", name, err)
 	}
+}
+
+// removeLocked deletes a Lease at the next revision: as kube-apiserver does, the Deleted event
+// carries the last version with the deletion's resourceVersion.
+func (f *API) removeLocked(ns, name string) error {
+	obj, err := f.cs.Tracker().Get(leasesGVR, ns, name)
+	if err != nil {
+		return err
+	}
+	if err := f.cs.Tracker().Delete(leasesGVR, ns, name); err != nil {
+		return err
+	}
+	last := obj.(*coordinationv1.Lease).DeepCopy()
+	last.ResourceVersion = f.nextRV()
+	if last.Namespace == "" {
+		last.Namespace = ns
+	}
+	f.emitLocked(watch.Deleted, last)
+	return nil
 }
 
 // RemoveLocked deletes a Lease from a Hook, which runs under the fake's lock: the deletion lands
 // just before the write the hook runs for, as a competing side-car's would.
 func (f *API) RemoveLocked(name string) {
-	if err := f.cs.Tracker().Delete(leasesGVR, Namespace, name); err != nil {
+	if err := f.removeLocked(Namespace, name); err != nil {
 		f.t.Errorf("deleting Lease %s: %v", name, err)
 	}
 }
@@ -266,74 +303,142 @@ func (f *API) Clientset() *fake.Clientset { return f.cs }
 // Leases returns the Leases of namespace ns as the side-car's LeaseClient (elector.LeaseClient),
 // passing on that the fake does not support streaming lists.
 func (f *API) Leases(ns string) Client {
-	return Client{LeaseInterface: f.cs.CoordinationV1().Leases(ns), cs: f.cs}
+	return Client{LeaseInterface: f.cs.CoordinationV1().Leases(ns), cs: f.cs, api: f, ns: ns}
 }
 
 // Client is the Leases of one namespace of an API.
 type Client struct {
 	coordinationv1client.LeaseInterface
-	cs *fake.Clientset
+	cs  *fake.Clientset
+	api *API
+	ns  string
 }
 
 // List lists the Leases as the fake clientset does (by label), and by field selector (metadata.name
-// and metadata.namespace), which the fake clientset ignores and kube-apiserver does not.
+// and metadata.namespace), which the fake clientset ignores and kube-apiserver does not, at a
+// resourceVersion that Watch can resume from.
 func (c Client) List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error) {
 	sel, err := leaseFieldSelector(opts)
 	if err != nil {
 		return nil, err
 	}
+	// The list's resourceVersion is the revision before it: a watch from there may repeat a
+	// change the list already holds, never miss one.
+	c.api.mu.Lock()
+	rev := c.api.rev
+	c.api.mu.Unlock()
 	list, err := c.LeaseInterface.List(ctx, opts)
-	if err != nil || sel.Empty() {
+	if err != nil {
 		return list, err
 	}
-	list.Items = slices.DeleteFunc(list.Items, func(l coordinationv1.Lease) bool { return !sel.Matches(leaseFields(&l)) })
+	list.ResourceVersion = strconv.FormatUint(rev, 10)
+	if !sel.Empty() {
+		list.Items = slices.DeleteFunc(list.Items, func(l coordinationv1.Lease) bool { return !sel.Matches(leaseFields(&l)) })
+	}
 	return list, nil
 }
 
-// Watch watches the Leases as the fake clientset does, and by field selector (see List).
+// Watch watches the Leases of the namespace that match the field selector (see List), from
+// opts.ResourceVersion on, as kube-apiserver does: the changes made since that revision come
+// first, so that nothing written between a list and its watch is missed.
 func (c Client) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 	sel, err := leaseFieldSelector(opts)
 	if err != nil {
 		return nil, err
 	}
-	w, err := c.LeaseInterface.Watch(ctx, opts)
-	if err != nil || sel.Empty() {
-		return w, err
+	f := c.api
+	w := &leaseWatch{f: f, ns: c.ns, sel: sel, out: make(chan watch.Event), notify: make(chan struct{}, 1), stop: make(chan struct{})}
+	from, rvErr := strconv.ParseUint(opts.ResourceVersion, 10, 64)
+	f.mu.Lock()
+	if rvErr == nil {
+		for _, e := range f.log {
+			if e.rev > from {
+				w.offer(e.ev)
+			}
+		}
 	}
-	fw := &filteredWatch{in: w, out: make(chan watch.Event), stop: make(chan struct{})}
-	go fw.loop(sel)
-	return fw, nil
+	f.watch[w] = struct{}{}
+	f.opened = append(f.opened, opts.FieldSelector)
+	f.mu.Unlock()
+	go w.pump()
+	return w, nil
 }
 
-// filteredWatch passes on the events of in that match a field selector. Unlike watch.Filter's,
-// its loop ends when it is stopped even while its reader has gone.
-type filteredWatch struct {
-	in   watch.Interface
-	out  chan watch.Event
-	stop chan struct{}
-	once sync.Once
+// WatchesOpened returns the field selector of every watch opened so far, in order.
+func (f *API) WatchesOpened() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.opened...)
 }
 
-func (w *filteredWatch) loop(sel fields.Selector) {
+// emitLocked sends a change to the open watches and logs it. Called with f.mu held.
+func (f *API) emitLocked(typ watch.EventType, l *coordinationv1.Lease) {
+	ev := watch.Event{Type: typ, Object: l.DeepCopy()}
+	f.log = append(f.log, logged{rev: f.rev, ev: ev})
+	for w := range f.watch {
+		w.offer(ev)
+	}
+}
+
+// leaseWatch is one watch of a Client: its events queue without bound and are passed on in
+// order; its pump ends when it is stopped, even while its reader has gone.
+type leaseWatch struct {
+	f      *API
+	ns     string
+	sel    fields.Selector
+	out    chan watch.Event
+	notify chan struct{}
+	stop   chan struct{}
+	once   sync.Once
+
+	mu    sync.Mutex
+	queue []watch.Event
+}
+
+func (w *leaseWatch) offer(ev watch.Event) {
+	l := ev.Object.(*coordinationv1.Lease)
+	if l.Namespace != w.ns || !w.sel.Matches(leaseFields(l)) {
+		return
+	}
+	w.mu.Lock()
+	w.queue = append(w.queue, ev)
+	w.mu.Unlock()
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (w *leaseWatch) pump() {
 	defer close(w.out)
-	for ev := range w.in.ResultChan() {
-		if l, ok := ev.Object.(*coordinationv1.Lease); ok && !sel.Matches(leaseFields(l)) {
-			continue
+	for {
+		w.mu.Lock()
+		q := w.queue
+		w.queue = nil
+		w.mu.Unlock()
+		for _, ev := range q {
+			select {
+			case w.out <- ev:
+			case <-w.stop:
+				return
+			}
 		}
 		select {
-		case w.out <- ev:
+		case <-w.notify:
 		case <-w.stop:
 			return
 		}
 	}
 }
 
-func (w *filteredWatch) ResultChan() <-chan watch.Event { return w.out }
+func (w *leaseWatch) ResultChan() <-chan watch.Event { return w.out }
 
-func (w *filteredWatch) Stop() {
+func (w *leaseWatch) Stop() {
 	w.once.Do(func() {
 		close(w.stop)
-		w.in.Stop()
+		w.f.mu.Lock()
+		delete(w.f.watch, w)
+		w.f.mu.Unlock()
 	})
 }
 
