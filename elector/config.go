@@ -115,8 +115,8 @@ const DefaultDeleteIdleAfter = 10 * time.Minute
 
 // The values of Config.WatchScope.
 const (
-	WatchNames     = "names"
-	WatchNamespace = "namespace"
+	WatchNames     = contract.WatchScopeNames
+	WatchNamespace = contract.WatchScopeNamespace
 )
 
 // Default limits: far above what one Pod's processes use, far below what would exhaust a

@@ -34,6 +34,8 @@ const (
 	AnnotationRenewDeadline = "metaparticle.io/renew-deadline"
 	AnnotationRenewPeriod   = "metaparticle.io/renew-period"
 	AnnotationRetryPeriod   = "metaparticle.io/retry-period"
+	AnnotationWatchScope    = "metaparticle.io/watch-scope"
+	AnnotationMaxNames      = "metaparticle.io/max-names"
 )
 
 // StatusInjected is the value of AnnotationStatus on an injected Pod.
@@ -103,6 +105,22 @@ func podConfig(base Config, annotations map[string]string) (Config, error) {
 			c.LogLevel = v
 		} else {
 			bad(AnnotationLogLevel, "one of "+logLevelNames())
+		}
+	}
+
+	if v, ok := annotations[AnnotationWatchScope]; ok {
+		if v == contract.WatchScopeNames || v == contract.WatchScopeNamespace {
+			c.WatchScope = v
+		} else {
+			bad(AnnotationWatchScope, `"names" (a watch of each Lease the Pod uses) or "namespace" (one watch of every Lease of the namespace)`)
+		}
+	}
+	if v, ok := annotations[AnnotationMaxNames]; ok {
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || n <= 0 {
+			bad(AnnotationMaxNames, "a positive number of names, such as 500 (about 165 KiB each: raise "+AnnotationMemoryLimit+" with it)")
+		} else {
+			c.MaxNames = int(n)
 		}
 	}
 

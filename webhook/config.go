@@ -50,6 +50,11 @@ type Config struct {
 	// LogLevel of the side-car, a name in contract.LogLevels: info (every state change) or
 	// debug (also lost races and every renewal). Default info.
 	LogLevel string
+	// WatchScope and MaxNames set the side-car's --watch-scope and --max-names, per Pod by
+	// AnnotationWatchScope and AnnotationMaxNames. Default "" and 0: the side-car's defaults
+	// (names, 200).
+	WatchScope string
+	MaxNames   int
 	// RunAsUser and RunAsGroup of the side-car: they must match the image's non-root user.
 	// Default 65532 (the distroless "nonroot" user).
 	RunAsUser, RunAsGroup int64

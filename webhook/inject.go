@@ -124,11 +124,18 @@ func sidecarContainer(c Config) corev1.Container {
 			FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
 		}}
 	}
+	env := []corev1.EnvVar{}
+	if c.WatchScope != "" {
+		env = append(env, corev1.EnvVar{Name: contract.EnvWatchScope, Value: c.WatchScope})
+	}
+	if c.MaxNames > 0 {
+		env = append(env, corev1.EnvVar{Name: contract.EnvMaxNames, Value: strconv.Itoa(c.MaxNames)})
+	}
 	return corev1.Container{
 		Name:            SidecarName,
 		Image:           c.Image,
 		ImagePullPolicy: c.ImagePullPolicy,
-		Env: []corev1.EnvVar{
+		Env: append([]corev1.EnvVar{
 			fieldEnv(contract.EnvPodName, "metadata.name"),
 			fieldEnv(contract.EnvPodNamespace, "metadata.namespace"),
 			fieldEnv(contract.EnvPodUID, "metadata.uid"),
@@ -141,7 +148,7 @@ func sidecarContainer(c Config) corev1.Container {
 			{Name: contract.EnvLogLevel, Value: strconv.Itoa(contract.LogLevels[c.LogLevel])},
 			// What its shutdown may release depends on it (contract.ModeClassic).
 			{Name: contract.EnvMode, Value: string(c.Mode)},
-		},
+		}, env...),
 		Ports: []corev1.ContainerPort{{Name: HealthPortName, ContainerPort: healthPort, Protocol: corev1.ProtocolTCP}},
 		// No probe makes an API request, so an API server outage never takes the Pod out of its
 		// Services. The startup probe waits for the side-car's first list of Leases and gates

@@ -140,6 +140,17 @@ func sidecarEnv(name, want string) check {
 	}
 }
 
+// sidecarEnvAbsent checks that the side-car's environment does not set name: its default applies.
+func sidecarEnvAbsent(name string) check {
+	return func(t *testing.T, _, after *corev1.Pod, _ webhook.Result, _ error) {
+		t.Helper()
+		s, _ := sidecar(after)
+		if e := envNamed(s.Env, name); e != nil {
+			t.Errorf("got side-car env %s = %q; want it unset (the side-car's default)", name, e.Value)
+		}
+	}
+}
+
 func sidecarField(desc string, got func(corev1.Container) string, want string) check {
 	return func(t *testing.T, _, after *corev1.Pod, _ webhook.Result, _ error) {
 		t.Helper()
@@ -188,7 +199,8 @@ func TestInject(t *testing.T) {
 			[]check{deniedWith(webhook.AnnotationInject, `"yes"`, `"true"`, `"false"`)}},
 		{"plain Pod", newPod(optedIn()), []check{injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:13131"),
 			sidecarEnv(wire.EnvAddress, "127.0.0.1:13131"), sidecarEnv(contract.EnvHealthAddress, ":13132"),
-			sidecarEnv(contract.EnvLeaseDuration, "15s"), sidecarEnv(contract.EnvLogLevel, "0"), noWarnings()}},
+			sidecarEnv(contract.EnvLeaseDuration, "15s"), sidecarEnv(contract.EnvLogLevel, "0"), noWarnings(),
+			sidecarEnvAbsent(contract.EnvWatchScope), sidecarEnvAbsent(contract.EnvMaxNames)}},
 		{"several containers and init containers", newPod(optedIn(), withContainer("worker"), withInitContainer("migrate")),
 			[]check{injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:13131"), appEnv("worker", "127.0.0.1:13131"),
 				appEnv("migrate", "127.0.0.1:13131")}},
@@ -206,7 +218,9 @@ func TestInject(t *testing.T) {
 			webhook.AnnotationMemoryRequest, "40Mi", webhook.AnnotationMemoryLimit, "128Mi",
 			webhook.AnnotationLeaseDuration, "20s", webhook.AnnotationRenewDeadline, "12s",
 			webhook.AnnotationRenewPeriod, "4s", webhook.AnnotationRetryPeriod, "500ms",
+			webhook.AnnotationWatchScope, "namespace", webhook.AnnotationMaxNames, "500",
 		)), []check{
+			sidecarEnv(contract.EnvWatchScope, "namespace"), sidecarEnv(contract.EnvMaxNames, "500"),
 			injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:14000"),
 			sidecarEnv(wire.EnvAddress, "127.0.0.1:14000"), sidecarEnv(contract.EnvHealthAddress, ":14001"),
 			sidecarEnv(contract.EnvLogLevel, "2"), sidecarEnv(contract.EnvLeaseDuration, "20s"),
@@ -227,6 +241,10 @@ func TestInject(t *testing.T) {
 			[]check{deniedWith(webhook.AnnotationPort, `"80"`, "1024")}},
 		{"port not a number", newPod(optedIn(), annotated(webhook.AnnotationPort, "http")),
 			[]check{deniedWith(webhook.AnnotationPort, `"http"`)}},
+		{"bad watch scope", newPod(optedIn(), annotated(webhook.AnnotationWatchScope, "cluster")),
+			[]check{deniedWith(webhook.AnnotationWatchScope, `"cluster"`, `"names"`, `"namespace"`)}},
+		{"bad max names", newPod(optedIn(), annotated(webhook.AnnotationMaxNames, "0")),
+			[]check{deniedWith(webhook.AnnotationMaxNames, `"0"`, "positive")}},
 		{"bad log level", newPod(optedIn(), annotated(webhook.AnnotationLogLevel, "loud")),
 			[]check{deniedWith(webhook.AnnotationLogLevel, `"loud"`, "one of debug, info")}},
 		{"bad quantity", newPod(optedIn(), annotated(webhook.AnnotationMemoryLimit, "lots")),

@@ -40,6 +40,8 @@ func TestParseSettings(t *testing.T) {
 		{"idle Leases kept", nil, map[string]string{contract.EnvDeleteIdleLeasesAfter: "-1s"}, Settings{Config: elector.Config{DeleteIdleAfter: -time.Second}}, ""},
 		{"watch scope", []string{"--watch-scope=namespace"}, nil, Settings{Config: elector.Config{WatchScope: elector.WatchNamespace}}, ""},
 		{"watch scope variable", nil, map[string]string{contract.EnvWatchScope: "names"}, Settings{Config: elector.Config{WatchScope: elector.WatchNames}}, ""},
+		{"max names", []string{"--max-names=500"}, nil, Settings{Config: elector.Config{Limits: elector.Limits{MaxNames: 500}}}, ""},
+		{"max names variable", nil, map[string]string{contract.EnvMaxNames: "300"}, Settings{Config: elector.Config{Limits: elector.Limits{MaxNames: 300}}}, ""},
 		{"bad duration flag", []string{"--renew-period=5"}, nil, Settings{}, `invalid value "5" for flag -renew-period`},
 		{"bad duration variable", nil, map[string]string{contract.EnvRetryPeriod: "soon"}, Settings{}, contract.EnvRetryPeriod},
 		{"bad level", nil, map[string]string{contract.EnvLogLevel: "loud"}, Settings{}, contract.EnvLogLevel + `="loud": invalid value for --v`},

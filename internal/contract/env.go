@@ -30,6 +30,14 @@ const (
 	EnvWatchScope            = "METAPARTICLE_SYNC_WATCH_SCOPE"
 )
 
+// The side-car's watch scopes (EnvWatchScope, --watch-scope).
+const (
+	// WatchScopeNames: a watch of each Lease of a name in use (the default).
+	WatchScopeNames = "names"
+	// WatchScopeNamespace: one watch of every managed Lease of the namespace.
+	WatchScopeNamespace = "namespace"
+)
+
 // How the side-car runs in its Pod (EnvMode), which decides what its shutdown may release.
 const (
 	// ModeNative: an init container with restartPolicy Always. The kubelet stops it only after
