@@ -560,18 +560,24 @@ func (e *Engine) forget(n *nameState, gone bool) {
 	defer e.mu.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	e.forgetLocked(n, gone)
+}
+
+// forgetLocked is forget with e.mu and n.mu held; it reports whether n was forgotten.
+func (e *Engine) forgetLocked(n *nameState, gone bool) bool {
 	if n.removed || gone && n.obj != nil || n.interested() || n.running {
-		return
+		return false
 	}
 	n.removed = true
 	n.unwatch()
 	if e.names[n.lease] == n {
 		delete(e.names, n.lease)
-		if gone && n.synced {
+		if n.synced && n.obj == nil {
 			// The Lease is known to be gone (before the first list, obj == nil says nothing).
 			e.forgetIssued(n.lease)
 		}
 	}
+	return true
 }
 
 func (e *Engine) allNames() []*nameState {

@@ -239,13 +239,10 @@ func (e *Engine) useSynced(kind wire.Kind, name string) (*nameState, error) {
 			return nil, wire.Errorf(wire.CodeShuttingDown, "the side-car stopped")
 		}
 		n.mu.Lock()
-		synced, err := n.synced, n.listErr
+		synced, err := n.synced, n.unlistedErr(true)
 		n.mu.Unlock()
 		if synced {
 			continue
-		}
-		if err == nil {
-			err = wire.Errorf(wire.CodeUnavailable, "the side-car could not list Lease %s within %s", contract.LeaseName(kind, name), e.cfg.firstListWait())
 		}
 		e.maybeRemove(n)
 		return nil, err
@@ -272,14 +269,8 @@ func (e *Engine) makeRoomLocked() error {
 	}
 	oldest.mu.Lock()
 	defer oldest.mu.Unlock()
-	if oldest.interested() || oldest.running {
+	if !e.forgetLocked(oldest, false) { // used since the scan
 		return wire.Errorf(wire.CodeTooMany, "the side-car watches %d names, all in use, its limit (--max-names): try again", len(e.names))
-	}
-	oldest.removed = true
-	oldest.unwatch()
-	delete(e.names, oldest.lease)
-	if oldest.synced && oldest.obj == nil {
-		e.forgetIssued(oldest.lease)
 	}
 	return nil
 }
@@ -313,14 +304,21 @@ func leaseOf(obj any) *coordinationv1.Lease {
 	return l
 }
 
+// unlistedErr is what a use that cannot wait any longer for n's first list is told: the list's
+// failure, or, once waited is set, that it did not come within firstListWait; nil otherwise.
+// Called with n.mu held.
+func (n *nameState) unlistedErr(waited bool) error {
+	if n.listErr != nil || !waited {
+		return n.listErr
+	}
+	return wire.Errorf(wire.CodeUnavailable, "the side-car could not list Lease %s within %s", n.lease, n.e.cfg.firstListWait())
+}
+
 // answerTriesUnlisted answers the tries of n, not yet listed, once its list failed or has taken
 // firstListWait, and returns when to look again (zero: only when woken). Called with n.mu held.
 func (n *nameState) answerTriesUnlisted(now time.Time) time.Time {
 	due := n.w.since.Add(n.e.cfg.firstListWait())
-	err := n.listErr
-	if err == nil && !now.Before(due) {
-		err = wire.Errorf(wire.CodeUnavailable, "the side-car could not list Lease %s within %s", n.lease, n.e.cfg.firstListWait())
-	}
+	err := n.unlistedErr(!now.Before(due))
 	tries := false
 	for _, c := range append([]*contender(nil), n.queue...) {
 		if !c.try {

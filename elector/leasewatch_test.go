@@ -84,11 +84,7 @@ func TestUnusedNamesAreForgotten(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBedWith(t, namesScope(t), nil, nil)
 		lease := contract.LeaseName(wire.KindLock, "x")
-		s := b.open()
-		g := b.mustAcquire(s.Key(), "x")
-		if err := b.e.Release(context.Background(), s.Key(), "x", g.Token); err != nil {
-			t.Fatalf("Release: got %v; want nil", err)
-		}
+		g := b.grantedOnce("x")
 		// Another Pod takes the Lease and renews it every 10 s.
 		renew := func() { api := b.api; l := api.Get(lease); l.Spec.HolderIdentity = ptr("pod-z/0123"); api.Put(l) }
 		renew()
@@ -179,17 +175,13 @@ func TestRenewalsElsewhereDoNotWakeWaiters(t *testing.T) {
 }
 
 // A try of a name whose first list does not come back is answered unavailable after
-// firstListWait, and a try of a name whose list fails at once with that failure; a name
-// forgotten before its first list keeps the fencing-token floor granted here.
+// firstListWait, and a name forgotten before its first list keeps the fencing-token floor
+// granted here.
 func TestTriesDoNotWaitForAFirstListForEver(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBedWith(t, namesScope(t), nil, nil)
 		lease := contract.LeaseName(wire.KindLock, "x")
-		s := b.open()
-		g := b.mustAcquire(s.Key(), "x")
-		if err := b.e.Release(context.Background(), s.Key(), "x", g.Token); err != nil {
-			t.Fatalf("Release: got %v; want nil", err)
-		}
+		g := b.grantedOnce("x")
 		b.forgetAll()
 
 		// The API server stops answering lists.
@@ -199,7 +191,7 @@ func TestTriesDoNotWaitForAFirstListForEver(t *testing.T) {
 			return true, nil, apierrors.NewServiceUnavailable("gone")
 		})
 		t.Cleanup(func() { close(unblock) })
-		got := b.acquire(s.Key(), "x", wire.AcquireRequest{Try: true})
+		got := b.acquire(b.open().Key(), "x", wire.AcquireRequest{Try: true})
 		quiet(t, got, "try before the first list has taken the renew deadline")
 		b.step(b.e.cfg.firstListWait())
 		if o := wait(t, got); codeOf(o.err) != wire.CodeUnavailable {
@@ -213,6 +205,17 @@ func TestTriesDoNotWaitForAFirstListForEver(t *testing.T) {
 			t.Errorf("token floor after forgetting a name never listed: got %d; want %d, the token granted here", got, want)
 		}
 	})
+}
+
+// grantedOnce acquires lock name in a new session and releases it, and returns the grant.
+func (b *bed) grantedOnce(name string) wire.Grant {
+	b.t.Helper()
+	s := b.open()
+	g := b.mustAcquire(s.Key(), name)
+	if err := b.e.Release(context.Background(), s.Key(), name, g.Token); err != nil {
+		b.t.Fatalf("Release: got %v; want nil", err)
+	}
+	return g
 }
 
 // forgetAll makes b's Engine forget every name nothing uses, as after watchLinger.

@@ -317,13 +317,7 @@ func (b *Bench) footprintMany(ctx context.Context, bin, kubeconfig, ns string, m
 	if res.many, res.manyDetail, err = p.rss(); err != nil {
 		return err
 	}
-	for _, l := range locks {
-		select {
-		case <-l.Lost():
-			res.manyLost++
-		default:
-		}
-	}
+	res.manyLost = lostOf(locks)
 	if res.manyLost > 0 {
 		b.Anomaly("footprint: %d of %d locks were lost while the side-car held them", res.manyLost, many)
 	}

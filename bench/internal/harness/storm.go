@@ -84,12 +84,6 @@ func (b *Bench) stormOnce(ctx context.Context, held, stormers int, window time.D
 	wg.Wait()
 	r.tries, r.granted, r.fails = tries.Load(), granted.Load(), fails.Load()
 	r.sidecarLost = int(sc.Losses() - lostBefore)
-	for _, l := range locks {
-		select {
-		case <-l.Lost():
-			r.lost++
-		default:
-		}
-	}
+	r.lost = lostOf(locks)
 	return r, nil
 }

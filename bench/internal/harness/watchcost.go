@@ -167,21 +167,22 @@ func (b *Bench) watchCost(ctx context.Context, bin, kubeconfig string, sc watchS
 		run.Watches += int(s.Sample("metaparticle_sync_lease_watches", "", ""))
 	}
 
-	m0, err := b.apiServerMetrics(ctx)
-	if err != nil {
-		return run, err
+	// The API server's counters and the probe's CPU, read together.
+	read := func() (apiMetrics, float64, error) {
+		m, err := b.apiServerMetrics(ctx)
+		if err != nil {
+			return m, 0, err
+		}
+		c, err := probe.cpuSeconds()
+		return m, c, err
 	}
-	c0, err := probe.cpuSeconds()
+	m0, c0, err := read()
 	if err != nil {
 		return run, err
 	}
 	t0 := time.Now()
 	time.Sleep(window)
-	m1, err := b.apiServerMetrics(ctx)
-	if err != nil {
-		return run, err
-	}
-	c1, err := probe.cpuSeconds()
+	m1, c1, err := read()
 	if err != nil {
 		return run, err
 	}
@@ -206,13 +207,7 @@ func (b *Bench) watchCost(ctx context.Context, bin, kubeconfig string, sc watchS
 		}
 		run.handoffTimes, run.Handoff = ho, Summarize(ho)
 	}
-	for _, l := range locks {
-		select {
-		case <-l.Lost():
-			run.Lost++
-		default:
-		}
-	}
+	run.Lost = lostOf(locks)
 	if run.Lost > 0 {
 		b.Anomaly("watch cost, %s, scope %s: %d of %d locks were lost while held", sc, scope, run.Lost, len(locks))
 	}
