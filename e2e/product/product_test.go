@@ -58,8 +58,8 @@ type hold struct {
 }
 
 var (
-	haveRe     = regexp.MustCompile(`^(\S+) I have the lock! \(token (\d+)\)$`)
-	releasedRe = regexp.MustCompile(`^(\S+) I released the lock\.$`)
+	haveRe      = regexp.MustCompile(`^(\S+) I have the lock! \(token (\d+)\)$`)
+	releasingRe = regexp.MustCompile(`^(\S+) Releasing the lock\.$`)
 )
 
 // Scenario 1: the seed's lock example as a Deployment of 2 replicas takes turns on "test".
@@ -112,8 +112,9 @@ func TestLockDeploymentTakesTurns(t *testing.T) {
 		t.Fatalf("the Lease had %d holders in 20s (%v); want the two Pods to take turns (hold 3s, pause 1s)", len(holders), holders)
 	}
 
-	// The apps' own view: every hold, from "I have the lock!" to "I released the lock.", by the
-	// container runtime's timestamps. No two holds overlap, and tokens grow.
+	// The apps' own view: every hold, from "I have the lock!" to "Releasing the lock." (printed
+	// before Release: the other Pod may hold the lock before "I released the lock." is printed),
+	// by the container runtime's timestamps. No two holds overlap, and tokens grow.
 	var holds []hold
 	for _, p := range pods {
 		lines, err := logsWithTimestamps(ctx, ns, p.Name, "lock")
@@ -126,7 +127,7 @@ func TestLockDeploymentTakesTurns(t *testing.T) {
 				at, _ := time.Parse(time.RFC3339Nano, m[1])
 				holds = append(holds, hold{pod: p.Name, token: m[2], start: at})
 				cur = &holds[len(holds)-1]
-			} else if m := releasedRe.FindStringSubmatch(l); m != nil && cur != nil {
+			} else if m := releasingRe.FindStringSubmatch(l); m != nil && cur != nil {
 				cur.end, _ = time.Parse(time.RFC3339Nano, m[1])
 				cur = nil
 			}
@@ -150,7 +151,7 @@ func TestLockDeploymentTakesTurns(t *testing.T) {
 	if len(perPod) != 2 {
 		t.Errorf("holds per Pod %v; want both Pods to have held the lock", perPod)
 	}
-	// Handoff: from one app's "I released the lock." to the other's "I have the lock!".
+	// Handoff: from one app's "Releasing the lock." to the other's "I have the lock!".
 	var handoffs []time.Duration
 	for i := 1; i < len(holds); i++ {
 		if holds[i].pod != holds[i-1].pod && !holds[i-1].end.IsZero() {

@@ -55,6 +55,9 @@ func run(ctx context.Context, l *sdk.Lock, hold, pause time.Duration) error {
 			fmt.Println("I lost the lock!")
 		case <-ctx.Done():
 		}
+		// The hold ends here, where the app stops using what the lock protects; another replica
+		// may hold the lock before Release returns.
+		fmt.Println("Releasing the lock.")
 		// ctx may be cancelled already (SIGTERM): release under a context of its own.
 		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := l.Release(rctx)
