@@ -16,11 +16,17 @@ import (
 // Pod annotations read by the injector. docs/annotations.md documents each one.
 const (
 	// AnnotationInject opts a Pod in: "true" injects, "false" (or no annotation) leaves the Pod
-	// alone; any other value is denied.
+	// alone; any other value is denied. In a namespace labelled LabelNamespaceInject, a Pod
+	// without the annotation is injected too, and "false" opts it out.
 	AnnotationInject = "metaparticle.io/sync"
 	// AnnotationStatus is written by the injector on every Pod it injected, with the value
 	// StatusInjected. A Pod that carries it with that value is never injected again.
 	AnnotationStatus = "metaparticle.io/sync-status"
+	// AnnotationInjectedImage and AnnotationInjectorVersion are written with AnnotationStatus:
+	// the side-car image the Pod got, and the release of the injector that added it
+	// (internal/version), so that Pods with an older side-car can be found after an upgrade.
+	AnnotationInjectedImage   = "metaparticle.io/injected-image"
+	AnnotationInjectorVersion = "metaparticle.io/injector-version"
 
 	AnnotationImage         = "metaparticle.io/sidecar-image"
 	AnnotationMode          = "metaparticle.io/sidecar-mode"
@@ -38,6 +44,15 @@ const (
 	AnnotationMaxNames      = "metaparticle.io/max-names"
 )
 
+// LabelInjected, with the value "true", is set on every Pod the injector injected, to select them:
+// kubectl get pods -A -l metaparticle.io/injected=true.
+const LabelInjected = "metaparticle.io/injected"
+
+// LabelNamespaceInject, with the value "true" on a Namespace, opts in every Pod created in it
+// that does not say AnnotationInject: "false". The MutatingWebhookConfiguration's second webhook
+// selects those namespaces and calls NamespacePath.
+const LabelNamespaceInject = "metaparticle.io/sync"
+
 // StatusInjected is the value of AnnotationStatus on an injected Pod.
 const StatusInjected = "injected"
 
@@ -51,11 +66,12 @@ func (e *annotationError) Error() string {
 	return fmt.Sprintf("annotation %s: invalid value %q: %s", e.key, e.value, e.allowed)
 }
 
-// wantsInjection reads AnnotationInject.
-func wantsInjection(annotations map[string]string) (bool, error) {
+// wantsInjection reads AnnotationInject; a Pod without it is injected when its namespace opted
+// in.
+func wantsInjection(annotations map[string]string, namespaceOptedIn bool) (bool, error) {
 	v, ok := annotations[AnnotationInject]
 	if !ok {
-		return false, nil
+		return namespaceOptedIn, nil
 	}
 	switch v {
 	case "true":

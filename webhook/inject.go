@@ -9,6 +9,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/metaparticle-io/sync/internal/contract"
+	"github.com/metaparticle-io/sync/internal/version"
 	"github.com/metaparticle-io/sync/wire"
 )
 
@@ -25,8 +26,8 @@ type Action string
 const (
 	// ActionInjected: the side-car was added and the Pod annotated AnnotationStatus.
 	ActionInjected Action = "injected"
-	// ActionNotOptedIn: the Pod does not ask for injection (no AnnotationInject, or "false");
-	// it was left unchanged.
+	// ActionNotOptedIn: the Pod does not ask for injection (AnnotationInject "false", or no
+	// AnnotationInject outside an opted-in namespace); it was left unchanged.
 	ActionNotOptedIn Action = "not-opted-in"
 	// ActionAlreadyInjected: the Pod carries AnnotationStatus: StatusInjected (a reinvocation,
 	// or a Pod re-applied with the injector's output); it was left unchanged.
@@ -42,16 +43,23 @@ type Result struct {
 }
 
 // Inject adds the side-car to pod, in place, as c and the Pod's annotations say, and reports what
-// it did. It modifies pod's containers, init containers and annotations (the side-car, the lock
-// API address in every container that does not set it, AnnotationStatus), and nothing else: it
+// it did. It modifies pod's containers, init containers, annotations and labels (the side-car,
+// the lock API address in every container that does not set it, AnnotationStatus,
+// AnnotationInjectedImage, AnnotationInjectorVersion, LabelInjected), and nothing else: it
 // makes no API calls and reads no clock, so the same pod and c always give the same result.
 //
 // It returns an error, which the webhook turns into a denial, when an annotation is invalid or the
 // Pod cannot take the side-car safely; pod is then left unchanged and the Result is zero. A Pod
 // that does not ask for injection, or was injected already, is left unchanged without error, and
 // the Result's Action says which.
-func Inject(pod *corev1.Pod, c Config) (Result, error) {
-	want, err := wantsInjection(pod.Annotations)
+func Inject(pod *corev1.Pod, c Config) (Result, error) { return inject(pod, c, false) }
+
+// InjectInOptedInNamespace is Inject for a Pod of a namespace labelled LabelNamespaceInject:
+// a Pod without AnnotationInject is injected as if it said "true".
+func InjectInOptedInNamespace(pod *corev1.Pod, c Config) (Result, error) { return inject(pod, c, true) }
+
+func inject(pod *corev1.Pod, c Config, namespaceOptedIn bool) (Result, error) {
+	want, err := wantsInjection(pod.Annotations, namespaceOptedIn)
 	if err != nil {
 		return Result{}, err
 	}
@@ -102,6 +110,12 @@ func Inject(pod *corev1.Pod, c Config) (Result, error) {
 		pod.Annotations = map[string]string{}
 	}
 	pod.Annotations[AnnotationStatus] = StatusInjected
+	pod.Annotations[AnnotationInjectedImage] = c.Image
+	pod.Annotations[AnnotationInjectorVersion] = version.Version
+	if pod.Labels == nil {
+		pod.Labels = map[string]string{}
+	}
+	pod.Labels[LabelInjected] = "true"
 	return Result{Action: ActionInjected, Warnings: warnings}, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/metaparticle-io/sync/internal/contract"
+	"github.com/metaparticle-io/sync/internal/version"
 	"github.com/metaparticle-io/sync/webhook"
 	"github.com/metaparticle-io/sync/wire"
 )
@@ -76,6 +77,16 @@ func injectedAs(mode webhook.Mode) check {
 			t.Fatalf("got %d side-car containers; want 1", n)
 		}
 		s, native := sidecar(after)
+		// What was injected is recorded on the Pod, and the Pod can be selected.
+		if got := after.Annotations[webhook.AnnotationInjectedImage]; got != s.Image {
+			t.Errorf("got %s %q; want the side-car's image %q", webhook.AnnotationInjectedImage, got, s.Image)
+		}
+		if got := after.Annotations[webhook.AnnotationInjectorVersion]; got != version.Version {
+			t.Errorf("got %s %q; want %q", webhook.AnnotationInjectorVersion, got, version.Version)
+		}
+		if got := after.Labels[webhook.LabelInjected]; got != "true" {
+			t.Errorf("got label %s %q; want \"true\"", webhook.LabelInjected, got)
+		}
 		if native != (mode == webhook.ModeNative) {
 			t.Errorf("got native=%v; want mode %s", native, mode)
 		}
@@ -296,6 +307,32 @@ func TestInject(t *testing.T) {
 			before := tt.pod.DeepCopy()
 			after := tt.pod.DeepCopy()
 			res, err := webhook.Inject(after, webhook.DefaultConfig(testImage))
+			for _, c := range tt.checks {
+				c(t, before, after, res, err)
+			}
+		})
+	}
+}
+
+// TestInjectInOptedInNamespace: in a namespace that opted in, a Pod without the annotation is
+// injected, "false" still opts out, and a bad value is still denied.
+func TestInjectInOptedInNamespace(t *testing.T) {
+	tests := []struct {
+		name   string
+		pod    *corev1.Pod
+		checks []check
+	}{
+		{"no annotation", newPod(), []check{injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:13131")}},
+		{"annotated", newPod(optedIn()), []check{injectedAs(webhook.ModeNative)}},
+		{"opted out", newPod(annotated(webhook.AnnotationInject, "false")), []check{skipped(webhook.ActionNotOptedIn)}},
+		{"bad opt-in value", newPod(annotated(webhook.AnnotationInject, "yes")), []check{deniedWith(webhook.AnnotationInject, `"yes"`)}},
+		{"overrides apply", newPod(annotated(webhook.AnnotationMode, "classic")), []check{injectedAs(webhook.ModeClassic)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := tt.pod.DeepCopy()
+			after := tt.pod.DeepCopy()
+			res, err := webhook.InjectInOptedInNamespace(after, webhook.DefaultConfig(testImage))
 			for _, c := range tt.checks {
 				c(t, before, after, res, err)
 			}

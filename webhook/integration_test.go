@@ -32,8 +32,9 @@ import (
 
 var (
 	env *testenv.Env
-	// seen records the names of the Pods the API server sent to the webhook.
-	seen = &podLog{}
+	// seen records the names of the Pods the API server sent to the webhook for annotated Pods,
+	// seenNamespace those it sent to the webhook for opted-in namespaces.
+	seen, seenNamespace = &podLog{}, &podLog{}
 )
 
 type podLog struct {
@@ -102,18 +103,8 @@ func startInjector(t *testing.T) {
 		srv := crwebhook.NewServer(crwebhook.Options{
 			Host: env.Webhook.LocalServingHost, Port: env.Webhook.LocalServingPort, CertDir: env.Webhook.LocalServingCertDir,
 		})
-		hook := webhook.NewWebhook(in)
-		srv.Register(webhook.Path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			body, _ := io.ReadAll(r.Body)
-			var rev admissionv1.AdmissionReview
-			if json.Unmarshal(body, &rev) == nil && rev.Request != nil {
-				var p corev1.Pod
-				_ = json.Unmarshal(rev.Request.Object.Raw, &p)
-				seen.add(p.Name)
-			}
-			r.Body = io.NopCloser(strings.NewReader(string(body)))
-			hook.ServeHTTP(w, r)
-		}))
+		srv.Register(webhook.Path, counted(webhook.NewWebhook(in), seen))
+		srv.Register(webhook.NamespacePath, counted(webhook.NewWebhook(in.ForOptedInNamespaces()), seenNamespace))
 		go func() { _ = srv.Start(context.Background()) }()
 		deadline := time.Now().Add(30 * time.Second)
 		for srv.StartedChecker()(nil) != nil {
@@ -133,6 +124,21 @@ var (
 	startOnce sync.Once
 	startErr  error
 )
+
+// counted records in log the name of every Pod sent to hook.
+func counted(hook http.Handler, log *podLog) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var rev admissionv1.AdmissionReview
+		if json.Unmarshal(body, &rev) == nil && rev.Request != nil {
+			var p corev1.Pod
+			_ = json.Unmarshal(rev.Request.Object.Raw, &p)
+			log.add(p.Name)
+		}
+		r.Body = io.NopCloser(strings.NewReader(string(body)))
+		hook.ServeHTTP(w, r)
+	})
+}
 
 // restrictedApp makes the application container itself restricted-compliant.
 func restrictedApp() podOpt {
@@ -205,6 +211,20 @@ func TestIntegrationInjection(t *testing.T) {
 		if got := seen.count("annotated"); got < 1 {
 			t.Errorf("got %d webhook calls for the annotated Pod; want at least 1", got)
 		}
+		// The stored Pod records what it got, and the label selects it.
+		if got := pod.Annotations[webhook.AnnotationInjectedImage]; got != testImage {
+			t.Errorf("got %s %q; want %q", webhook.AnnotationInjectedImage, got, testImage)
+		}
+		if err := env.Client.Create(ctx, newPod(named("not-injected"), inNamespace(ns))); err != nil {
+			t.Fatal(err)
+		}
+		var list corev1.PodList
+		if err := env.Client.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{webhook.LabelInjected: "true"}); err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Items) != 1 || list.Items[0].Name != "annotated" {
+			t.Errorf("got %d Pods labelled %s=true; want only the injected one", len(list.Items), webhook.LabelInjected)
+		}
 	})
 
 	t.Run("unannotated and opted-out Pods never reach the webhook", func(t *testing.T) {
@@ -222,6 +242,54 @@ func TestIntegrationInjection(t *testing.T) {
 			if got := seen.count(p.Name); got != 0 {
 				t.Errorf("got %d webhook calls for %s; want 0 (matchConditions filter it)", got, p.Name)
 			}
+		}
+	})
+
+	// Issue 19: a namespace opts in as a whole with a label, and the API server still sends the
+	// injector only the Pods it must change.
+	t.Run("labelled namespace injects every Pod but those opted out", func(t *testing.T) {
+		ns := env.Namespace(t, map[string]string{webhook.LabelNamespaceInject: "true"})
+		for _, tc := range []struct {
+			pod              *corev1.Pod
+			sidecars, called int
+		}{
+			{newPod(named("ns-plain"), inNamespace(ns)), 1, 1},
+			{newPod(named("ns-annotated"), inNamespace(ns), optedIn()), 1, 1},
+			{newPod(named("ns-opted-out"), inNamespace(ns), annotated(webhook.AnnotationInject, "false")), 0, 0},
+		} {
+			if err := env.Client.Create(ctx, tc.pod); err != nil {
+				t.Fatalf("create %s: %v", tc.pod.Name, err)
+			}
+			if n := countSidecars(tc.pod); n != tc.sidecars {
+				t.Errorf("%s: got %d side-cars; want %d", tc.pod.Name, n, tc.sidecars)
+			}
+			// Reinvocation may call the webhook a second time; never the other webhook.
+			if got := seenNamespace.count(tc.pod.Name); (got > 0) != (tc.called > 0) {
+				t.Errorf("%s: got %d calls of the namespace webhook; want %d", tc.pod.Name, got, tc.called)
+			}
+			if got := seen.count(tc.pod.Name); got != 0 {
+				t.Errorf("%s: got %d calls of the annotation webhook; want 0 in an opted-in namespace", tc.pod.Name, got)
+			}
+		}
+		bad := newPod(named("ns-bad"), inNamespace(ns), annotated(webhook.AnnotationInject, "yes"))
+		if err := env.Client.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), `annotation metaparticle.io/sync: invalid value "yes"`) {
+			t.Errorf("got error %v; want a denial naming the annotation and value", err)
+		}
+
+		// A namespace labelled anything but "true" is not opted in.
+		other := env.Namespace(t, map[string]string{webhook.LabelNamespaceInject: "false"})
+		plain := newPod(named("ns-false-plain"), inNamespace(other))
+		annotatedPod := newPod(named("ns-false-annotated"), inNamespace(other), optedIn())
+		for _, p := range []*corev1.Pod{plain, annotatedPod} {
+			if err := env.Client.Create(ctx, p); err != nil {
+				t.Fatalf("create %s: %v", p.Name, err)
+			}
+		}
+		if n, calls := countSidecars(plain), seen.count(plain.Name)+seenNamespace.count(plain.Name); n != 0 || calls != 0 {
+			t.Errorf("%s: got %d side-cars and %d webhook calls; want none", plain.Name, n, calls)
+		}
+		if n := countSidecars(annotatedPod); n != 1 {
+			t.Errorf("%s: got %d side-cars; want 1", annotatedPod.Name, n)
 		}
 	})
 

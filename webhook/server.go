@@ -56,6 +56,7 @@ func Setup(mgr manager.Manager, config Config, opts ServerOptions) error {
 	}
 	srv := mgr.GetWebhookServer()
 	srv.Register(Path, NewWebhook(in))
+	srv.Register(NamespacePath, NewWebhook(in.ForOptedInNamespaces()))
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}

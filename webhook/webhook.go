@@ -1,5 +1,6 @@
 // Package webhook is the admission logic of the Metaparticle Sync injector: a typed defaulter on
-// *corev1.Pod that adds the elector side-car to Pods annotated metaparticle.io/sync: "true".
+// *corev1.Pod that adds the elector side-car to Pods annotated metaparticle.io/sync: "true", and
+// to the Pods of namespaces labelled metaparticle.io/sync: "true" that do not say "false".
 //
 // The work is split in three layers, each testable alone:
 //
@@ -32,8 +33,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
 
-// Path is where the injector serves its mutating webhook.
-const Path = "/mutate-pods"
+// Path is where the injector serves its mutating webhook for annotated Pods, and NamespacePath
+// the one for the Pods of namespaces labelled LabelNamespaceInject.
+const (
+	Path          = "/mutate-pods"
+	NamespacePath = "/mutate-pods-of-opted-in-namespaces"
+)
 
 // Outcomes of an admission, the label values of the injections metric.
 const (
@@ -59,6 +64,8 @@ func init() {
 type Injector struct {
 	config Config
 	access *AccessChecker // nil: no RBAC warnings
+	// namespaceOptedIn: every Pod it sees is in an opted-in namespace (InjectInOptedInNamespace).
+	namespaceOptedIn bool
 }
 
 // NewInjector validates config and returns an Injector. access may be nil, which turns the RBAC
@@ -70,6 +77,15 @@ func NewInjector(config Config, access *AccessChecker) (*Injector, error) {
 	return &Injector{config: config, access: access}, nil
 }
 
+// ForOptedInNamespaces returns a copy of in for NamespacePath: it injects Pods without
+// AnnotationInject too, because the API server sends it only Pods of namespaces labelled
+// LabelNamespaceInject.
+func (in *Injector) ForOptedInNamespaces() *Injector {
+	c := *in
+	c.namespaceOptedIn = true
+	return &c
+}
+
 var _ admission.Defaulter[*corev1.Pod] = (*Injector)(nil)
 
 // Default injects the side-car into pod, in place, when it asks for it. A returned error denies
@@ -77,7 +93,7 @@ var _ admission.Defaulter[*corev1.Pod] = (*Injector)(nil)
 func (in *Injector) Default(ctx context.Context, pod *corev1.Pod) error {
 	rec := recorderFrom(ctx)
 	log := logf.FromContext(ctx)
-	res, err := Inject(pod, in.config)
+	res, err := inject(pod, in.config, in.namespaceOptedIn)
 	if err != nil {
 		rec.outcome = OutcomeDenied
 		log.Info("denied", "reason", err.Error())
