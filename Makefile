@@ -106,14 +106,32 @@ cert-manager: ## Build the test-only binary that runs cert-manager's real contro
 demo: ## The whole product on the local cluster (root): locks, elections, failover, rolling restart; cleans up after.
 	@hack/demo.sh
 
-.PHONY: images
-images: ## Build the images of hack/cluster/images.list (no Docker); imported too when the local cluster runs.
-	hack/cluster/images.sh
-
 .PHONY: clean
 clean: ## Remove ./bin and test caches (the control-plane cache under $(METAPARTICLE_CACHE) stays).
 	rm -rf $(BIN)
 	go clean -testcache
+
+##@ Release (docs/install.md)
+
+# Where make push and make chart push to: a registry host and path prefix, e.g. ghcr.io/acme/metaparticle.
+REGISTRY ?=
+CHART_VERSION := $(shell awk '/^version:/ {print $$2}' charts/metaparticle-sync/Chart.yaml)
+
+.PHONY: images
+images: ## Build every image of hack/cluster/images.list for linux/amd64 and linux/arm64 (no Docker): one OCI index each in bin/images/NAME; imported too when the local cluster runs.
+	hack/cluster/images.sh --oci $(BIN)/images
+
+.PHONY: push
+push: ## Build the images (make images) and push them to REGISTRY=<registry/prefix> as REGISTRY/NAME:TAG (credentials: docker login).
+	@[ -n "$(REGISTRY)" ] || { echo "make push: set REGISTRY=<registry host and path>, for example REGISTRY=ghcr.io/acme/metaparticle" >&2; exit 2; }
+	hack/cluster/images.sh --no-import --oci $(BIN)/images | awk '{print $$3}' | xargs go run ./hack/tools/pushimages -registry $(REGISTRY)
+
+.PHONY: chart
+chart: ## Package the chart into bin/charts; with REGISTRY=<registry/prefix> also push it to oci://REGISTRY/charts (credentials: helm registry login).
+	hack/control-plane.sh helm
+	$$(hack/control-plane.sh --print-bin helm) package charts/metaparticle-sync -d $(BIN)/charts
+	@[ -z "$(REGISTRY)" ] || { echo "pushing to oci://$(REGISTRY)/charts"; \
+	  $$(hack/control-plane.sh --print-bin helm) push $(BIN)/charts/metaparticle-sync-$(CHART_VERSION).tgz oci://$(REGISTRY)/charts; }
 
 ##@ Local cluster (a real single-node Kubernetes built from source; needs root)
 

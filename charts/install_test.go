@@ -136,7 +136,7 @@ func TestIntegrationHelmInstallWithCertManager(t *testing.T) {
 	if pod.Annotations[webhook.AnnotationStatus] != webhook.StatusInjected || len(pod.Spec.InitContainers) != 1 {
 		t.Fatalf("got Pod annotations %v, %d init containers; want it injected", pod.Annotations, len(pod.Spec.InitContainers))
 	}
-	if got, want := pod.Spec.InitContainers[0].Image, "metaparticle/sync-elector:0.1.0"; got != want {
+	if got, want := pod.Spec.InitContainers[0].Image, "docker.io/metaparticle/sync-elector:0.1.0"; got != want {
 		t.Errorf("got side-car image %q; want the chart's %q", got, want)
 	}
 
@@ -209,7 +209,7 @@ func serveInjector(t *testing.T, port int, secret corev1.Secret) {
 			t.Fatal(err)
 		}
 	}
-	in, err := webhook.NewInjector(webhook.DefaultConfig("metaparticle/sync-elector:0.1.0"), nil)
+	in, err := webhook.NewInjector(webhook.DefaultConfig("docker.io/metaparticle/sync-elector:0.1.0"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -175,11 +176,11 @@ func TestRenderDefaults(t *testing.T) {
 		sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 		t.Errorf("got container securityContext %+v; want restricted", c.SecurityContext)
 	}
-	if c.Image != "metaparticle/sync-injector:0.1.0" {
+	if c.Image != "docker.io/metaparticle/sync-injector:0.1.0" {
 		t.Errorf("got injector image %q; want the appVersion tag", c.Image)
 	}
 	for _, want := range []string{
-		"--sidecar-image=metaparticle/sync-elector:0.1.0", "--sidecar-mode=native", "--sidecar-port=13131",
+		"--sidecar-image=docker.io/metaparticle/sync-elector:0.1.0", "--sidecar-mode=native", "--sidecar-port=13131",
 		"--lease-duration=15s", "--renew-deadline=10s", "--renew-period=5s", "--retry-period=1s",
 		"--sidecar-cpu-request=10m", "--sidecar-memory-limit=64Mi", "--cert-dir=/tls", "--enable-http2=false",
 		"--sidecar-cluster-role=" + release + "-metaparticle-sync-sidecar",
@@ -215,22 +216,7 @@ func TestRenderDefaults(t *testing.T) {
 	if got, want := mwc.Annotations["cert-manager.io/inject-ca-from"], namespace+"/"+injector+"-serving"; got != want {
 		t.Errorf("got inject-ca-from %q; want %q", got, want)
 	}
-	wh := mwc.Webhooks[0]
-	if wh.ClientConfig.Service == nil || wh.ClientConfig.Service.Name != injector || wh.ClientConfig.Service.Namespace != namespace ||
-		ptr.Deref(wh.ClientConfig.Service.Path, "") != webhook.Path {
-		t.Errorf("got clientConfig %+v; want Service %s/%s path %s", wh.ClientConfig, namespace, injector, webhook.Path)
-	}
-	if len(wh.ClientConfig.CABundle) != 0 {
-		t.Errorf("got a caBundle; want it left to cert-manager's cainjector")
-	}
-	excluded := wh.NamespaceSelector.MatchExpressions[0].Values
-	for _, ns := range []string{"kube-system", "kube-public", "kube-node-lease", namespace} {
-		if !slices.Contains(excluded, ns) {
-			t.Errorf("got excluded namespaces %v; want %s among them", excluded, ns)
-		}
-	}
-
-	// The chart's webhook is the one in deploy/webhook that the webhook package's integration
+	// The chart's webhooks are the ones in deploy/webhook that the webhook package's integration
 	// test proves against the API server, but for names and namespaces.
 	shipped := shippedWebhook(t)
 	rule := func(w admissionregistrationv1.MutatingWebhook) admissionregistrationv1.MutatingWebhook {
@@ -238,8 +224,33 @@ func TestRenderDefaults(t *testing.T) {
 		w.NamespaceSelector = nil
 		return w
 	}
-	if !equality.Semantic.DeepEqual(rule(wh), rule(shipped.Webhooks[0])) {
-		t.Errorf("got chart webhook\n%+v\nwant deploy/webhook's\n%+v", rule(wh), rule(shipped.Webhooks[0]))
+	paths := []string{webhook.Path, webhook.NamespacePath}
+	if len(mwc.Webhooks) != len(paths) || len(shipped.Webhooks) != len(paths) {
+		t.Fatalf("got %d webhooks in the chart, %d in deploy/webhook; want %d", len(mwc.Webhooks), len(shipped.Webhooks), len(paths))
+	}
+	for i, wh := range mwc.Webhooks {
+		if wh.ClientConfig.Service == nil || wh.ClientConfig.Service.Name != injector || wh.ClientConfig.Service.Namespace != namespace ||
+			ptr.Deref(wh.ClientConfig.Service.Path, "") != paths[i] {
+			t.Errorf("webhook %s: got clientConfig %+v; want Service %s/%s path %s", wh.Name, wh.ClientConfig, namespace, injector, paths[i])
+		}
+		if len(wh.ClientConfig.CABundle) != 0 {
+			t.Errorf("webhook %s: got a caBundle; want it left to cert-manager's cainjector", wh.Name)
+		}
+		exprs := wh.NamespaceSelector.MatchExpressions
+		if len(exprs) != 2 {
+			t.Fatalf("webhook %s: got namespace selector %+v; want the excluded namespaces and the opt-in label", wh.Name, exprs)
+		}
+		for _, ns := range []string{"kube-system", "kube-public", "kube-node-lease", namespace} {
+			if !slices.Contains(exprs[0].Values, ns) {
+				t.Errorf("webhook %s: got excluded namespaces %v; want %s among them", wh.Name, exprs[0].Values, ns)
+			}
+		}
+		if !equality.Semantic.DeepEqual(exprs[1], shipped.Webhooks[i].NamespaceSelector.MatchExpressions[1]) {
+			t.Errorf("webhook %s: got label selector %+v; want deploy/webhook's %+v", wh.Name, exprs[1], shipped.Webhooks[i].NamespaceSelector.MatchExpressions[1])
+		}
+		if !equality.Semantic.DeepEqual(rule(wh), rule(shipped.Webhooks[i])) {
+			t.Errorf("got chart webhook\n%+v\nwant deploy/webhook's\n%+v", rule(wh), rule(shipped.Webhooks[i]))
+		}
 	}
 
 	var role rbacv1.ClusterRole
@@ -262,6 +273,121 @@ func TestRenderDefaults(t *testing.T) {
 	}
 	if serving.issuer != release+"-metaparticle-sync-ca" || serving.issuerKind != "Issuer" {
 		t.Errorf("got issuer %s %s; want the chart's CA Issuer", serving.issuerKind, serving.issuer)
+	}
+}
+
+// TestRenderImageRegistry: image.registry moves both images (as make push pushed them), the
+// side-car's own registry wins for the side-car, and a digest replaces the tag.
+func TestRenderImageRegistry(t *testing.T) {
+	sha := "sha256:" + strings.Repeat("ab", 32)
+	tests := []struct {
+		name                   string
+		args                   []string
+		wantInjector, wantSide string
+	}{
+		{"registry", []string{"--set", "image.registry=127.0.0.1:12500/metaparticle"},
+			"127.0.0.1:12500/metaparticle/sync-injector:0.1.0", "127.0.0.1:12500/metaparticle/sync-elector:0.1.0"},
+		{"trailing slash", []string{"--set", "image.registry=ghcr.io/acme/"},
+			"ghcr.io/acme/sync-injector:0.1.0", "ghcr.io/acme/sync-elector:0.1.0"},
+		{"side-car registry", []string{"--set", "image.registry=ghcr.io/acme", "--set", "sidecar.image.registry=mirror.example.com/mps"},
+			"ghcr.io/acme/sync-injector:0.1.0", "mirror.example.com/mps/sync-elector:0.1.0"},
+		{"no registry", []string{"--set", "image.registry=", "--set", "image.repository=quay.io/x/injector", "--set", "sidecar.image.repository=quay.io/x/elector"},
+			"quay.io/x/injector:0.1.0", "quay.io/x/elector:0.1.0"},
+		{"digests", []string{"--set", "image.digest=" + sha, "--set", "sidecar.image.digest=" + sha, "--set", "sidecar.image.tag=9.9.9"},
+			"docker.io/metaparticle/sync-injector@" + sha, "docker.io/metaparticle/sync-elector@" + sha},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := render(t, "", tc.args...)
+			var d appsv1.Deployment
+			r.one(t, "Deployment", release+"-metaparticle-sync-injector", &d)
+			c := d.Spec.Template.Spec.Containers[0]
+			if c.Image != tc.wantInjector {
+				t.Errorf("injector image: got %q; want %q", c.Image, tc.wantInjector)
+			}
+			if want := "--sidecar-image=" + tc.wantSide; !slices.Contains(c.Args, want) {
+				t.Errorf("got args %q; want %q among them", c.Args, want)
+			}
+		})
+	}
+}
+
+// TestRenderHostNetwork: webhook.hostNetwork puts the injector on the node's network, with the
+// DNS policy that still resolves Services; by default it stays in its Pod's network.
+func TestRenderHostNetwork(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		r := render(t, "", "--set", fmt.Sprintf("webhook.hostNetwork=%v", on), "--set", "webhook.port=10443")
+		var d appsv1.Deployment
+		r.one(t, "Deployment", release+"-metaparticle-sync-injector", &d)
+		pod := d.Spec.Template.Spec
+		wantDNS := corev1.DNSPolicy("")
+		if on {
+			wantDNS = corev1.DNSClusterFirstWithHostNet
+		}
+		if pod.HostNetwork != on || pod.DNSPolicy != wantDNS {
+			t.Errorf("hostNetwork=%v: got hostNetwork %v, dnsPolicy %q; want %v, %q", on, pod.HostNetwork, pod.DNSPolicy, on, wantDNS)
+		}
+		surge := d.Spec.Strategy.RollingUpdate != nil && d.Spec.Strategy.RollingUpdate.MaxSurge != nil && d.Spec.Strategy.RollingUpdate.MaxSurge.IntValue() == 0
+		if surge != on {
+			t.Errorf("hostNetwork=%v: got strategy %+v; want maxSurge 0 exactly with hostNetwork", on, d.Spec.Strategy)
+		}
+		if pod.NodeSelector["kubernetes.io/os"] != "linux" {
+			t.Errorf("hostNetwork=%v: got nodeSelector %v; want kubernetes.io/os: linux", on, pod.NodeSelector)
+		}
+		if !slices.Contains(pod.Containers[0].Args, "--port=10443") || pod.Containers[0].Ports[0].ContainerPort != 10443 {
+			t.Errorf("hostNetwork=%v: got args %q, ports %+v; want the injector on 10443", on, pod.Containers[0].Args, pod.Containers[0].Ports)
+		}
+	}
+}
+
+// TestRenderProductionKnobs: the values production installs need reach the objects, merged over
+// the chart's safe defaults rather than replacing them.
+func TestRenderProductionKnobs(t *testing.T) {
+	r := render(t, "",
+		"--set", "topologySpreadConstraints[0].maxSkew=1", "--set", "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+		"--set", "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+		"--set", "podSecurityContext.fsGroup=2000", "--set", "securityContext.readOnlyRootFilesystem=false",
+		"--set", "extraArgs[0]=--zap-devel=false", "--set", "extraEnv[0].name=GOMEMLIMIT", "--set", "extraEnv[0].value=100MiB",
+		"--set", "podDisruptionBudget.maxUnavailable=50%",
+		"--set", "webhook.namespaceSelector.matchLabels.env=prod", "--set", "webhook.objectSelector.matchLabels.team=payments",
+	)
+	injector := release + "-metaparticle-sync-injector"
+	var d appsv1.Deployment
+	r.one(t, "Deployment", injector, &d)
+	pod := d.Spec.Template.Spec
+	if len(pod.TopologySpreadConstraints) != 1 || pod.TopologySpreadConstraints[0].LabelSelector == nil ||
+		pod.TopologySpreadConstraints[0].LabelSelector.MatchLabels["app.kubernetes.io/component"] != "injector" ||
+		pod.TopologySpreadConstraints[0].TopologyKey != "topology.kubernetes.io/zone" {
+		t.Errorf("got topologySpreadConstraints %+v; want the zone constraint with the injector's selector labels", pod.TopologySpreadConstraints)
+	}
+	if sc := pod.SecurityContext; sc == nil || ptr.Deref(sc.FSGroup, 0) != 2000 || !ptr.Deref(sc.RunAsNonRoot, false) || sc.SeccompProfile == nil {
+		t.Errorf("got pod securityContext %+v; want fsGroup 2000 over the defaults (runAsNonRoot, seccomp)", pod.SecurityContext)
+	}
+	c := pod.Containers[0]
+	if sc := c.SecurityContext; sc == nil || ptr.Deref(sc.ReadOnlyRootFilesystem, true) || ptr.Deref(sc.AllowPrivilegeEscalation, true) ||
+		sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 {
+		t.Errorf("got container securityContext %+v; want readOnlyRootFilesystem false over the defaults", c.SecurityContext)
+	}
+	if c.Args[len(c.Args)-1] != "--zap-devel=false" {
+		t.Errorf("got args %q; want --zap-devel=false last", c.Args)
+	}
+	if len(c.Env) != 1 || c.Env[0].Name != "GOMEMLIMIT" || c.Env[0].Value != "100MiB" {
+		t.Errorf("got env %+v; want GOMEMLIMIT=100MiB", c.Env)
+	}
+	var pdb policyv1.PodDisruptionBudget
+	r.one(t, "PodDisruptionBudget", injector, &pdb)
+	if pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.String() != "50%" || pdb.Spec.MinAvailable != nil {
+		t.Errorf("got PDB spec %+v; want maxUnavailable 50%% and no minAvailable", pdb.Spec)
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	r.one(t, "MutatingWebhookConfiguration", injector, &mwc)
+	for _, wh := range mwc.Webhooks {
+		if wh.NamespaceSelector.MatchLabels["env"] != "prod" || len(wh.NamespaceSelector.MatchExpressions) != 2 {
+			t.Errorf("webhook %s: got namespaceSelector %+v; want env=prod ANDed with the chart's two expressions", wh.Name, wh.NamespaceSelector)
+		}
+		if wh.ObjectSelector == nil || wh.ObjectSelector.MatchLabels["team"] != "payments" {
+			t.Errorf("webhook %s: got objectSelector %+v; want team=payments", wh.Name, wh.ObjectSelector)
+		}
 	}
 }
 
@@ -315,9 +441,14 @@ func TestRenderURLMode(t *testing.T) {
 	injector := release + "-metaparticle-sync-injector"
 	var mwc admissionregistrationv1.MutatingWebhookConfiguration
 	r.one(t, "MutatingWebhookConfiguration", injector, &mwc)
-	cc := mwc.Webhooks[0].ClientConfig
-	if cc.Service != nil || ptr.Deref(cc.URL, "") != "https://127.0.0.1:9443/mutate-pods" {
-		t.Errorf("got clientConfig %+v; want the URL and no Service", cc)
+	for i, want := range []string{"https://127.0.0.1:9443/mutate-pods", "https://127.0.0.1:9443/mutate-pods-of-opted-in-namespaces"} {
+		if i >= len(mwc.Webhooks) {
+			t.Fatalf("got %d webhooks; want 2", len(mwc.Webhooks))
+		}
+		cc := mwc.Webhooks[i].ClientConfig
+		if cc.Service != nil || ptr.Deref(cc.URL, "") != want {
+			t.Errorf("webhook %d: got clientConfig %+v; want the URL %s and no Service", i, cc, want)
+		}
 	}
 	c := r.cert(t, injector+"-serving")
 	if !slices.Equal(c.ipAddresses, []string{"127.0.0.1"}) {
@@ -347,6 +478,15 @@ func TestRenderRefusesBadValues(t *testing.T) {
 		{"bad duration", []string{"--set", "sidecar.leaseDuration=soon"}, "/sidecar/leaseDuration"},
 		{"issuer without cert-manager", []string{"--set", "certManager.enabled=false", "--set", "certManager.issuerRef.name=x"},
 			"certManager.issuerRef is set but certManager.enabled is false"},
+		{"registry with a scheme", []string{"--set", "image.registry=https://ghcr.io/acme"}, "/image/registry"},
+		{"full name under a registry", []string{"--set", "image.repository=myreg.example.com/sync-injector"}, `image.repository "myreg.example.com/sync-injector" starts with a registry host`},
+		{"side-car full name under a registry", []string{"--set", "sidecar.image.repository=localhost/x"}, `sidecar.image.repository "localhost/x" starts with a registry host`},
+		{"empty path element", []string{"--set", "image.registry=ghcr.io//acme"}, "empty path element"},
+		{"URL not ending with /mutate-pods", []string{"--set", "webhook.url=https://127.0.0.1:9443/inject"}, "must end with /mutate-pods"},
+		{"extra arg without dashes", []string{"--set", "extraArgs[0]=zap-devel"}, "/extraArgs/0"},
+		{"spread without a key", []string{"--set", "topologySpreadConstraints[0].maxSkew=1"}, "/topologySpreadConstraints/0"},
+		{"both PDB bounds", []string{"--set", "podDisruptionBudget.maxUnavailable=1", "--set", "podDisruptionBudget.minAvailable=0"}, "not both"},
+		{"selector typo", []string{"--set", "webhook.objectSelector.matchLabel.x=y"}, "additional properties 'matchLabel' not allowed"},
 		{"plain-http URL", []string{"--set", "webhook.url=http://127.0.0.1:1/x"}, "/webhook/url"},
 		{"PDB blocks drains", []string{"--set", "podDisruptionBudget.minAvailable=2"}, "must be below replicaCount"},
 		{"Kubernetes too old", []string{"--kube-version", "1.28.0"}, "kubeVersion"},

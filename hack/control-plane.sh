@@ -5,7 +5,8 @@
 #
 # Usage: hack/control-plane.sh [component...]
 #   components: kube-apiserver kubectl etcd helm kubelet kube-scheduler kube-controller-manager
-#               kube-proxy (default: kube-apiserver kubectl etcd helm)
+#               kube-proxy registry (default: kube-apiserver kubectl etcd helm); registry is the
+#               CNCF Distribution registry the local cluster runs on loopback (hack/cluster)
 #   hack/control-plane.sh --print-assets   prints the envtest assets directory (KUBEBUILDER_ASSETS)
 #   hack/control-plane.sh --print-bin NAME prints the path of one built binary
 #
@@ -16,12 +17,14 @@ set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 HELM_VERSION=${HELM_VERSION:-4.3.1}
+REGISTRY_VERSION=${REGISTRY_VERSION:-3.1.2}
 CACHE=${METAPARTICLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/metaparticle-sync}
 
 STAGING_VERSION="0.${K8S_VERSION#1.}"
 K8S_DIR="$CACHE/kubernetes/v$K8S_VERSION"
 ETCD_DIR="$CACHE/etcd/v$ETCD_VERSION"
 HELM_DIR="$CACHE/helm/v$HELM_VERSION"
+REGISTRY_DIR="$CACHE/registry/v$REGISTRY_VERSION"
 ASSETS_DIR="$CACHE/envtest/k8s-v$K8S_VERSION-etcd-v$ETCD_VERSION"
 
 # Staging modules of k8s.io/kubernetes: its go.mod points them at ./staging, which a dependent
@@ -134,10 +137,33 @@ build_helm() {
   )
 }
 
+# build_registry builds github.com/distribution/distribution's registry (the reference OCI
+# registry, which Docker Hub and most hosted registries descend from).
+build_registry() {
+  local out="$REGISTRY_DIR/bin/registry"
+  [ -x "$out" ] && return 0
+  mkdir -p "$REGISTRY_DIR/src" "$REGISTRY_DIR/bin"
+  (
+    cd "$REGISTRY_DIR/src"
+    {
+      echo "module metaparticle.local/registry-build"
+      echo
+      echo "go 1.26"
+      echo
+      echo "require github.com/distribution/distribution/v3 v$REGISTRY_VERSION"
+    } >go.mod
+    printf 'package main\n\nfunc main() {}\n' >main.go
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out.tmp" \
+      github.com/distribution/distribution/v3/cmd/registry
+    mv "$out.tmp" "$out"
+  )
+}
+
 bin_path() {
   case $1 in
     etcd) echo "$ETCD_DIR/bin/etcd" ;;
     helm) echo "$HELM_DIR/bin/helm" ;;
+    registry) echo "$REGISTRY_DIR/bin/registry" ;;
     *) echo "$K8S_DIR/bin/$1" ;;
   esac
 }
@@ -152,6 +178,7 @@ build() {
   case $c in
     etcd) step "building etcd v$ETCD_VERSION" build_etcd ;;
     helm) step "building helm v$HELM_VERSION" build_helm ;;
+    registry) step "building registry v$REGISTRY_VERSION" build_registry ;;
     kube-apiserver | kubectl | kubelet | kube-scheduler | kube-controller-manager | kube-proxy)
       step "building $c v$K8S_VERSION" build_k8s "$c" ;;
     *)

@@ -2,19 +2,23 @@
 # stack.sh installs the product on the running local cluster (hack/cluster/up.sh), the way a user
 # does: cert-manager's CRDs and its real controllers and cainjector (hack/cert-manager.sh's binary,
 # run as a host process against the cluster's API server; cluster resource namespace
-# "cert-manager"), then `helm install --wait` of charts/metaparticle-sync in its normal Service
-# mode with default values (the chart's default images are the ones images.sh imported), in
-# namespace metaparticle-sync. `down` undoes it. make demo (hack/demo.sh) and the product e2e
-# tests (e2e/product) both use it. Root is required (the cluster's kubeconfig is root's).
+# "cert-manager"), then the chart in its normal Service mode, in namespace metaparticle-sync.
+# By default it runs `helm install --wait` of charts/metaparticle-sync with default values (the
+# chart's default images are the ones images.sh imported): make demo (hack/demo.sh) uses that.
+# With --from-registry it follows docs/install.md instead (hack/install-doc.sh, phases install,
+# check and upgrade): images and chart pushed to the cluster's registry, `helm install` from oci://, and
+# containerd pulling the images; the product e2e tests (e2e/product) run on that install. `down`
+# undoes either. Root is required (the cluster's kubeconfig is root's).
 #
-# Usage: hack/stack.sh up [--bind NAMESPACE[:SERVICEACCOUNT]]...
+# Usage: hack/stack.sh up [--from-registry] [--bind NAMESPACE[:SERVICEACCOUNT]]...
 #            --bind adds a RoleBinding (chart value sidecar.rbac.bindings) that lets the service
-#            account (default "default") of NAMESPACE use Leases.
-#        hack/stack.sh down     helm uninstall, stop the cert-manager controllers (idempotent)
+#            account (default "default") of NAMESPACE use Leases (not with --from-registry).
+#        hack/stack.sh down     uninstall (docs/install.md's uninstall phase after
+#                               --from-registry), stop the cert-manager controllers (idempotent)
 #        hack/stack.sh status   exit 0 when the stack is installed and cert-manager runs
 #
 # Environment: STACK_RELEASE (default metaparticle-sync), STACK_NAMESPACE (default
-# metaparticle-sync), STACK_HELM_TIMEOUT (default 3m).
+# metaparticle-sync), STACK_HELM_TIMEOUT (default 3m); docs/install.md uses the defaults.
 set -euo pipefail
 source "$(dirname "$0")/cluster/lib.sh"
 
@@ -23,6 +27,8 @@ NAMESPACE=${STACK_NAMESPACE:-metaparticle-sync}
 STACK_DIR=$CLUSTER_DIR/stack
 CM_PID=$STACK_DIR/cert-manager.pid
 CM_LOG=$STACK_DIR/cert-manager.log
+# Present while the stack was installed by following docs/install.md.
+FROM_REGISTRY=$STACK_DIR/from-registry
 
 log() { printf '[stack %6ss] %s\n' "$(_clock)" "$*" >&2; }
 
@@ -94,21 +100,46 @@ helm_install() {
   kc -n "$NAMESPACE" get pods -o wide | sed 's/^/    /' >&2
 }
 
+# install_doc PHASE... runs those phases of docs/install.md with what its reader sets: REGISTRY
+# (the cluster's registry), kubectl and helm on PATH, and SSL_CERT_FILE holding the system's roots
+# and the cluster's CA, which signed the registry's certificate.
+install_doc() {
+  local bundle=$STACK_DIR/ca-bundle.crt
+  mkdir -p "$STACK_DIR"
+  cat /etc/ssl/certs/ca-certificates.crt "$PKI/ca.crt" >"$bundle" 2>/dev/null || cp "$PKI/ca.crt" "$bundle"
+  REGISTRY=$REGISTRY_HOST/metaparticle KUBECONFIG=$KUBECONFIG_FILE SSL_CERT_FILE=$bundle \
+    PATH=$(dirname "$KUBECTL"):$(dirname "$HELM"):$PATH "$CLUSTER_ROOT/hack/install-doc.sh" "$@"
+}
+
 stack_up() {
-  local binds=()
+  local binds=() from_registry=0
   while [ $# -gt 0 ]; do
     case $1 in
       --bind) binds+=("$2"); shift 2 ;;
+      --from-registry) from_registry=1; shift ;;
       *) die "unknown argument $1" ;;
     esac
   done
+  [ $from_registry = 0 ] || [ ${#binds[@]} = 0 ] || die "--bind does not go with --from-registry (docs/install.md binds its own namespace)"
+  [ $from_registry = 0 ] || [ "$RELEASE/$NAMESPACE" = metaparticle-sync/metaparticle-sync ] ||
+    die "--from-registry follows docs/install.md, which names release and namespace metaparticle-sync"
   log "installing on $API_SERVER (kubeconfig $KUBECONFIG_FILE)"
   step "cert-manager: CRDs and controllers (host process)" cert_manager_up
-  step "helm install $RELEASE (namespace $NAMESPACE, default values, --wait)" helm_install "${binds[@]}"
+  if [ $from_registry = 1 ]; then
+    touch "$FROM_REGISTRY"
+    step "docs/install.md, word for word (registry https://$REGISTRY_HOST)" install_doc install check upgrade
+  else
+    step "helm install $RELEASE (namespace $NAMESPACE, default values, --wait)" helm_install "${binds[@]}"
+  fi
 }
 
 stack_down() {
   local pid i
+  if [ -f "$FROM_REGISTRY" ] && helm_ status "$RELEASE" --namespace "$NAMESPACE" >/dev/null 2>&1; then
+    # A failed install leaves a half release: carry on with helm uninstall and cert-manager.
+    step "docs/install.md's uninstall" install_doc uninstall || log "docs/install.md's uninstall failed; going on"
+  fi
+  rm -f "$FROM_REGISTRY"
   if helm_ status "$RELEASE" --namespace "$NAMESPACE" >/dev/null 2>&1; then
     helm_ uninstall "$RELEASE" --namespace "$NAMESPACE" --wait --timeout 60s >/dev/null
     log "helm uninstall $RELEASE: done"
@@ -133,6 +164,6 @@ case ${1:-} in
   up) shift; stack_up "$@" ;;
   down) stack_down ;;
   status) cm_pid >/dev/null && helm_ status "$RELEASE" --namespace "$NAMESPACE" >/dev/null 2>&1 ;;
-  -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) die "usage: $0 up [--bind NS[:SA]]... | down | status" ;;
+  -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) die "usage: $0 up [--from-registry] [--bind NS[:SA]]... | down | status" ;;
 esac

@@ -1,8 +1,10 @@
 // Package product exercises the whole product on the local single-node cluster the way a user
-// runs it: cert-manager's real controllers issue the webhook's certificate, `helm install` of
-// charts/metaparticle-sync with default values runs the injector behind its Service, the API
-// server calls it for annotated Pods, and the seed's examples run with their native side-cars
-// under the kubelet, taking turns on Leases. The set-up is hack/stack.sh, the same as make demo's.
+// runs it: cert-manager's real controllers issue the webhook's certificate, the chart runs the
+// injector behind its Service, the API server calls it for annotated Pods, and the seed's
+// examples run with their native side-cars under the kubelet, taking turns on Leases. The set-up
+// is hack/stack.sh up --from-registry: it follows docs/install.md word for word, so images and
+// chart are pushed to the cluster's registry, `helm install` reads the chart from oci:// and
+// containerd pulls the injector and side-car images (make demo uses the imported images instead).
 //
 // The tests run against a cluster that is already up: `make cluster-test` starts one, runs them
 // with $METAPARTICLE_CLUSTER_ENV set, and stops it. Without that variable they are skipped. When
@@ -11,7 +13,8 @@
 //
 // Scenarios (issue 8): 1 TestLockDeploymentTakesTurns, 2 TestElectionFailover, 3 TestChaosSafety
 // (CHAOS_GRANTS=20000 runs it longer), 4 TestAnnotatedJobCompletes, 5 TestInjectorDown,
-// 6 TestCertificateRotation, 7 TestNoLeaseRBAC, 8 TestAPITroubleKeepsPodsReady (issue 17).
+// 6 TestCertificateRotation, 7 TestNoLeaseRBAC, 8 TestAPITroubleKeepsPodsReady (issue 17),
+// 9 TestInstalledFromRegistry (issue 19).
 package product
 
 import (
@@ -89,8 +92,8 @@ func run(m *testing.M, path string) int {
 		fmt.Fprintln(os.Stderr, "e2e/product: the stack is installed already; reusing it")
 	} else {
 		start := time.Now()
-		if err := runScript(stack, "up"); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e/product: hack/stack.sh up:", err)
+		if err := runScript(stack, "up", "--from-registry"); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e/product: hack/stack.sh up --from-registry:", err)
 			_ = runScript(stack, "down")
 			return 1
 		}

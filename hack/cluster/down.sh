@@ -92,7 +92,7 @@ stop_runtime() {
 
 stop_control_plane() {
   local c
-  for c in kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_component "$c" 10; done
+  for c in kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd registry; do stop_component "$c" 10; done
   # Whatever is left that names the cluster directory (after a crash the PID files may be gone).
   local pids
   mapfile -t pids < <(our_pids)

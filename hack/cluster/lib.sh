@@ -34,6 +34,10 @@ API_SERVER=https://$NODE_IP:$API_PORT
 # Fixed ports below the ephemeral range, so that envtest's random ports never collide.
 ETCD_CLIENT_PORT=12379
 ETCD_PEER_PORT=12380
+# The cluster's image registry (CNCF Distribution) serves TLS on loopback; containerd pulls
+# from it and make push / make chart push to it (REGISTRY=$REGISTRY_HOST/metaparticle).
+REGISTRY_PORT=12500
+REGISTRY_HOST=127.0.0.1:$REGISTRY_PORT
 # The kubelet's, kube-proxy's and the controllers' cgroups all live below this cgroup.
 CGROUP_PARENT=metaparticle-sync
 # iptables chain (mangle POSTROUTING) that drops any packet of the cluster's ranges about to leave
@@ -45,6 +49,7 @@ PIDS=$CLUSTER_DIR/pids
 LOGS=$CLUSTER_DIR/logs
 CONTAINERD_DIR=$CLUSTER_DIR/containerd
 CONTAINERD_SOCK=$CONTAINERD_DIR/containerd.sock
+REGISTRY_DIR=$CLUSTER_DIR/registry
 RUNC_ROOT=$CLUSTER_DIR/runc
 CNI_CONF_DIR=$CLUSTER_DIR/cni/net.d
 CNI_IPAM_DIR=$CLUSTER_DIR/cni/ipam
@@ -65,7 +70,7 @@ KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
 # Components in start order; down.sh stops them in reverse.
-COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet)
+COMPONENTS=(containerd registry etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet)
 
 export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 export GOFLAGS=${GOFLAGS:--buildvcs=false}
@@ -128,7 +133,7 @@ pid_of() {
 }
 
 # OUR_EXES are the executables the cluster runs outside containers.
-OUR_EXES=" etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet containerd containerd-shim-runc-v2 runc "
+OUR_EXES=" registry etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet containerd containerd-shim-runc-v2 runc "
 
 # our_pids [EXE...] prints every process that is one of OUR_EXES (or of EXE...) and whose command
 # line names the cluster directory: the components, containerd's shims (their -address is our

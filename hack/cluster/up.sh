@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # up.sh starts a real single-node Kubernetes cluster on this machine, built from source: etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy (iptables) and a kubelet
-# on containerd + runc, with a CNI bridge that no physical interface joins. Root is required.
+# on containerd + runc, with a CNI bridge that no physical interface joins, and an image registry
+# (CNCF Distribution) on https://127.0.0.1:12500 that containerd pulls from. Root is required.
 #
 # It is idempotent: components already running are kept, missing ones are started. Each step is
 # printed with its time on stderr; the last line on stdout is the kubeconfig path, which is also
@@ -181,6 +182,38 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     bin_dir = "$CNI_BIN_DIR"
     conf_dir = "$CNI_CONF_DIR"
     max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$CONTAINERD_DIR/certs.d"
+EOF
+
+  # containerd trusts the cluster's CA for the loopback registry, and for it only.
+  mkdir -p "$CONTAINERD_DIR/certs.d/$REGISTRY_HOST"
+  cat >"$CONTAINERD_DIR/certs.d/$REGISTRY_HOST/hosts.toml" <<EOF
+server = "https://$REGISTRY_HOST"
+
+[host."https://$REGISTRY_HOST"]
+  capabilities = ["pull", "resolve"]
+  ca = "$PKI/ca.crt"
+EOF
+
+  mkdir -p "$REGISTRY_DIR/data"
+  cat >"$REGISTRY_DIR/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $REGISTRY_DIR/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_HOST
+  secret: metaparticle-sync-local-registry
+  tls:
+    certificate: $PKI/registry-serving.crt
+    key: $PKI/registry-serving.key
 EOF
 
   # Pods get an address on the bridge and a route to the Service range only: no default route,
@@ -322,11 +355,24 @@ ctr_() { ctr --address "$CONTAINERD_SOCK" "$@"; }
 healthz() { curl -fsS --max-time 2 -k "$1"; }
 
 start_containerd() {
+  # A running containerd keeps the configuration it started with: refuse to go on with an older
+  # one (a cluster started before up.sh changed it) rather than fail later in a pull.
+  local sum
+  sum=$(sha256sum "$CONTAINERD_DIR/config.toml" | cut -d' ' -f1)
+  if pid_of containerd >/dev/null && [ "$(cat "$PIDS/containerd.config-sha256" 2>/dev/null)" != "$sum" ]; then
+    die "containerd runs with another configuration than $CONTAINERD_DIR/config.toml: make cluster-down, then make cluster-up"
+  fi
+  echo "$sum" >"$PIDS/containerd.config-sha256"
   # Image pulls go to a proxy address that refuses them: a missing image fails here instead of
-  # reaching a registry.
+  # reaching a registry. The cluster's own registry, on loopback, is never proxied.
   start containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
     containerd --config "$CONTAINERD_DIR/config.toml"
   wait_for containerd "containerd to serve" ctr_ version
+}
+
+start_registry() {
+  start registry "$(bin registry)" serve "$REGISTRY_DIR/config.yml"
+  wait_for registry "the registry to serve" curl -fsS --max-time 2 --cacert "$PKI/ca.crt" "https://$REGISTRY_HOST/v2/"
 }
 
 import_images() {
@@ -435,6 +481,8 @@ API_SERVICE_IP=$API_SERVICE_IP
 DNS_IP=$DNS_IP
 CGROUP_PARENT=$CGROUP_PARENT
 PAUSE_IMAGE=$PAUSE_REF
+REGISTRY_HOST=$REGISTRY_HOST
+REGISTRY_CA=$PKI/ca.crt
 EOF
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
@@ -476,7 +524,7 @@ log "cluster directory $CLUSTER_DIR; node $NODE_NAME at $NODE_IP; Pods $POD_CIDR
 step "installing containerd, runc, CNI plugins, iptables (apt-get, once)" ensure_packages
 step "building Kubernetes v1.37 binaries (hack/control-plane.sh, cached)" \
   "$CLUSTER_ROOT/hack/control-plane.sh" kube-apiserver kubectl etcd kubelet kube-scheduler \
-  kube-controller-manager kube-proxy
+  kube-controller-manager kube-proxy registry
 step "building cluster tools (mkpki, mkimage)" build_tools
 mkdir -p "$CLUSTER_DIR"
 step "network: bridge $BRIDGE, local Service route, guard chain" setup_network
@@ -484,6 +532,7 @@ step "certificates and kubeconfigs" "$TOOLS_DIR/mkpki" -dir "$PKI" -node "$NODE_
   -node-ip "$NODE_IP" -service-ip "$API_SERVICE_IP" -server "$API_SERVER"
 step "configuration files and cgroup /$CGROUP_PARENT" configure
 step "containerd" start_containerd
+step "image registry on https://$REGISTRY_HOST" start_registry
 step "images (pause and the project's images; built, then imported)" import_images
 step "etcd" start_etcd
 step "kube-apiserver" start_apiserver

@@ -1,6 +1,7 @@
-// Package image builds small container images without a Docker engine or a registry: one layer
-// holding a few static binaries and a minimal /etc, written as a docker-archive tarball that
-// `ctr images import` (and `docker load`) read.
+// Package image builds small container images without a Docker engine: one layer holding a few
+// static binaries and a minimal /etc. An image is written as a docker-archive tarball that
+// `ctr images import` (and `docker load`) read (this file), or, for several platforms, as an
+// OCI image index in an OCI image layout that is pushed to a registry (index.go, push.go).
 //
 // Images are reproducible: every file has the same owner and modification time, entries are
 // sorted, and the config carries no creation time, so the same inputs give the same digest.
@@ -26,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // NonRootUID is the user and group images run as unless a Spec says otherwise: the distroless
@@ -139,8 +141,13 @@ func numeric(s string) bool {
 	return true
 }
 
-// Build assembles the image described by s.
-func Build(s Spec) (v1.Image, error) {
+// Build assembles the image described by s, with Docker media types (what a docker-archive
+// holds).
+func Build(s Spec) (v1.Image, error) { return build(s, false) }
+
+// build assembles s; oci selects OCI media types for the manifest, config and layer, as an
+// image in an OCI index has.
+func build(s Spec, oci bool) (v1.Image, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -148,13 +155,19 @@ func Build(s Spec) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	opts := []tarball.LayerOption{tarball.WithCompressionLevel(gzip.BestSpeed)}
+	base := empty.Image
+	if oci {
+		opts = append(opts, tarball.WithMediaType(types.OCILayer))
+		base = mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
-	}, tarball.WithCompressionLevel(gzip.BestSpeed))
+	}, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("making the layer: %w", err)
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
+	img, err := mutate.AppendLayers(base, layer)
 	if err != nil {
 		return nil, err
 	}

@@ -120,6 +120,13 @@ func (c Cluster) Ensure() error {
 			DNSNames:    []string{c.NodeName},
 			IPAddresses: []net.IP{c.NodeIP},
 		}},
+		// The cluster's image registry, on loopback: containerd pulls from it, and images and
+		// charts are pushed to it, over TLS as with any real registry.
+		{"registry-serving", x509.Certificate{
+			Subject:     pkix.Name{CommonName: "metaparticle-sync-registry"},
+			DNSNames:    []string{"localhost"},
+			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		}},
 	}
 	for _, s := range servers {
 		s.tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}

@@ -62,6 +62,12 @@ func TestEnsureWritesAVerifiableCluster(t *testing.T) {
 	if err := kubelet.VerifyHostname("10.217.0.1"); err != nil {
 		t.Errorf("kubelet serving certificate: %v", err)
 	}
+	registry := verify(t, c, "registry-serving", x509.ExtKeyUsageServerAuth)
+	for _, host := range []string{"127.0.0.1", "localhost"} {
+		if err := registry.VerifyHostname(host); err != nil {
+			t.Errorf("registry serving certificate: %v", err)
+		}
+	}
 
 	want := map[string]struct {
 		cn     string

@@ -40,13 +40,16 @@ app.kubernetes.io/component: injector
 {{- end }}
 {{- end }}
 
-{{/* image renders repository:tag or repository@digest; the tag defaults to appVersion. */}}
+{{/* image renders registry/repository:tag or registry/repository@digest: the registry is the
+image's own or, when empty, image.registry; the tag defaults to appVersion. */}}
 {{- define "mps.image" -}}
 {{- $img := index . 0 }}{{- $root := index . 1 }}
+{{- $name := $img.repository }}
+{{- with (default $root.Values.image.registry $img.registry) }}{{ $name = printf "%s/%s" (trimSuffix "/" .) $name }}{{ end }}
 {{- if $img.digest }}
-{{- printf "%s@%s" $img.repository $img.digest }}
+{{- printf "%s@%s" $name $img.digest }}
 {{- else }}
-{{- printf "%s:%s" $img.repository (default $root.Chart.AppVersion $img.tag) }}
+{{- printf "%s:%s" $name (default $root.Chart.AppVersion $img.tag) }}
 {{- end }}
 {{- end }}
 
@@ -79,8 +82,24 @@ app.kubernetes.io/component: injector
 {{- if not $u.hostname }}
 {{- fail (printf "webhook.url %q has no host" .Values.webhook.url) }}
 {{- end }}
+{{- if not (hasSuffix "/mutate-pods" $u.path) }}
+{{- fail (printf "webhook.url %q must end with /mutate-pods: the webhook for opted-in namespaces calls the same URL ending with /mutate-pods-of-opted-in-namespaces" .Values.webhook.url) }}
 {{- end }}
-{{- if and .Values.podDisruptionBudget.enabled (ge (int .Values.podDisruptionBudget.minAvailable) (int .Values.replicaCount)) (gt (int .Values.replicaCount) 1) }}
+{{- end }}
+{{- range $key, $img := dict "image" .Values.image "sidecar.image" .Values.sidecar.image }}
+{{- $registry := default $.Values.image.registry $img.registry }}
+{{- $first := first (splitList "/" $img.repository) }}
+{{- if and $registry (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- fail (printf "%s.repository %q starts with a registry host, but the image registry is %q: set %s.repository to the image's name under the registry (e.g. sync-elector), or image.registry to \"\" to give the whole name" $key $img.repository $registry $key) }}
+{{- end }}
+{{- if contains "//" $registry }}
+{{- fail (printf "image registry %q has an empty path element" $registry) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.maxUnavailable (ne (int .Values.podDisruptionBudget.minAvailable) 1) }}
+{{- fail "podDisruptionBudget: set maxUnavailable or minAvailable, not both (minAvailable's default is 1; a PodDisruptionBudget takes one)" }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (not .Values.podDisruptionBudget.maxUnavailable) (ge (int .Values.podDisruptionBudget.minAvailable) (int .Values.replicaCount)) (gt (int .Values.replicaCount) 1) }}
 {{- fail (printf "podDisruptionBudget.minAvailable (%d) must be below replicaCount (%d), or no node could ever be drained" (int .Values.podDisruptionBudget.minAvailable) (int .Values.replicaCount)) }}
 {{- end }}
 {{- end }}

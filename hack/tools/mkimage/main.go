@@ -1,18 +1,24 @@
-// Command mkimage writes a one-layer container image holding static binaries as a
-// docker-archive tarball, with no Docker engine and no registry; `ctr images import` reads it.
-// hack/cluster/images.sh uses it for every image the project ships and for the pause image.
+// Command mkimage writes a one-layer container image holding static binaries, with no Docker
+// engine: a docker-archive tarball for one architecture (-o), which `ctr images import` reads, or
+// an OCI image layout holding one index for several architectures (-oci), which
+// hack/tools/pushimages pushes to a registry. hack/cluster/images.sh uses it for every image the
+// project ships and for the pause image.
 //
 //	mkimage -o elector.tar -ref docker.io/metaparticle/sync-elector:0.1.0 \
 //	  -file /elector=bin/elector -user 65532:65532 -entrypoint /elector
+//	mkimage -oci images/sync-elector -arch amd64,arm64 -ref docker.io/metaparticle/sync-elector:0.1.0 \
+//	  -file '/elector=bin/{arch}/elector'
 //
-// The entrypoint defaults to the first file; the user defaults to 65532:65532 (distroless
-// "nonroot"); -user "" makes an image that runs as root.
+// In a -file host path, {arch} stands for each architecture in turn. The entrypoint defaults to
+// the first file; the user defaults to 65532:65532 (distroless "nonroot"); -user "" makes an
+// image that runs as root.
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 
 	"github.com/metaparticle-io/sync/internal/image"
@@ -33,7 +39,10 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("mkimage", flag.ContinueOnError)
-	out := fs.String("o", "", "output docker-archive tarball (required)")
+	out := fs.String("o", "", "output docker-archive tarball (this or -oci is required)")
+	oci := fs.String("oci", "", "output OCI image layout directory, holding one index of every -arch")
+	arches := fs.String("arch", "", "architectures, comma-separated (one with -o); default: this machine's with -o, "+strings.Join(image.Platforms, ",")+" with -oci")
+	printPlatforms := fs.Bool("print-platforms", false, "print the architectures -oci builds by default, space-separated, and exit")
 	ref := fs.String("ref", "", "full image reference, e.g. docker.io/metaparticle/sync-elector:0.1.0 (required)")
 	user := fs.String("user", fmt.Sprintf("%d:%d", image.NonRootUID, image.NonRootUID), `image user, "uid" or "uid:gid"; "" for root`)
 	workdir := fs.String("workdir", "/", "working directory")
@@ -46,9 +55,23 @@ func run(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *out == "" || *ref == "" || len(files) == 0 {
+	if *printPlatforms {
+		fmt.Println(strings.Join(image.Platforms, " "))
+		return nil
+	}
+	if *arches == "" {
+		*arches = runtime.GOARCH
+		if *oci != "" {
+			*arches = strings.Join(image.Platforms, ",")
+		}
+	}
+	if (*out == "") == (*oci == "") || *ref == "" || len(files) == 0 {
 		fs.Usage()
-		return fmt.Errorf("-o, -ref and at least one -file are required")
+		return fmt.Errorf("one of -o and -oci, -ref and at least one -file are required")
+	}
+	archList := strings.Split(*arches, ",")
+	if *out != "" && len(archList) != 1 {
+		return fmt.Errorf("-o writes one architecture; got -arch %s (use -oci for several)", *arches)
 	}
 	spec := image.Spec{Ref: *ref, User: *user, WorkingDir: *workdir, Cmd: cmd, Env: env, Labels: map[string]string{}}
 	for _, f := range files {
@@ -69,5 +92,23 @@ func run(args []string) error {
 	if len(spec.Entrypoint) == 0 {
 		spec.Entrypoint = []string{spec.Files[0].Path}
 	}
-	return image.WriteArchiveFile(*out, spec)
+	var specs []image.Spec
+	for _, arch := range archList {
+		s := spec
+		s.Arch = arch
+		s.Files = nil
+		for _, f := range spec.Files {
+			f.Source = strings.ReplaceAll(f.Source, "{arch}", arch)
+			s.Files = append(s.Files, f)
+		}
+		specs = append(specs, s)
+	}
+	if *out != "" {
+		return image.WriteArchiveFile(*out, specs[0])
+	}
+	idx, err := image.BuildIndex(specs...)
+	if err != nil {
+		return err
+	}
+	return image.WriteLayout(*oci, *ref, idx)
 }
