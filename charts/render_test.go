@@ -253,6 +253,13 @@ func TestRenderDefaults(t *testing.T) {
 		}
 	}
 
+	var injectorRole rbacv1.ClusterRole
+	r.one(t, "ClusterRole", injector, &injectorRole)
+	if !slices.ContainsFunc(injectorRole.Rules, func(r rbacv1.PolicyRule) bool {
+		return slices.Equal(r.APIGroups, []string{"events.k8s.io"}) && slices.Equal(r.Resources, []string{"events"}) && slices.Contains(r.Verbs, "create")
+	}) {
+		t.Errorf("got injector rules %+v; want create on events.k8s.io events (its Events on Pods' controllers)", injectorRole.Rules)
+	}
 	var role rbacv1.ClusterRole
 	r.one(t, "ClusterRole", release+"-metaparticle-sync-sidecar", &role)
 	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Verbs, webhook.SidecarLeaseVerbs) ||

@@ -15,12 +15,17 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -100,6 +105,14 @@ func startInjector(t *testing.T) {
 			startErr = err
 			return
 		}
+		// Events go to the real API server, through client-go's events.k8s.io/v1 broadcaster,
+		// as the manager's recorder sends them in the injector.
+		broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: cs.EventsV1()})
+		if err := broadcaster.StartRecordingToSinkWithContext(context.Background()); err != nil {
+			startErr = err
+			return
+		}
+		in = in.WithEvents(broadcaster.NewRecorder(clientgoscheme.Scheme, webhook.EventReporter))
 		srv := crwebhook.NewServer(crwebhook.Options{
 			Host: env.Webhook.LocalServingHost, Port: env.Webhook.LocalServingPort, CertDir: env.Webhook.LocalServingCertDir,
 		})
@@ -293,6 +306,79 @@ func TestIntegrationInjection(t *testing.T) {
 		}
 	})
 
+	// Issue 19: Events where users look, on the Pod's controller.
+	t.Run("Events on the Pod's controller", func(t *testing.T) {
+		ns := env.Namespace(t)
+		if err := env.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "no-leases", Namespace: ns}}); err != nil {
+			t.Fatal(err)
+		}
+		// owned creates a ReplicaSet (no controller runs here) and a Pod it owns, as the
+		// ReplicaSet controller would, and returns the ReplicaSet's UID.
+		owned := func(rs string, dryRun bool, opts ...podOpt) (types.UID, error) {
+			t.Helper()
+			set := &appsv1.ReplicaSet{
+				ObjectMeta: metav1.ObjectMeta{Name: rs, Namespace: ns},
+				Spec: appsv1.ReplicaSetSpec{
+					Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": rs}},
+					Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": rs}}, Spec: newPod().Spec},
+				},
+			}
+			if err := env.Client.Create(ctx, set); err != nil {
+				t.Fatal(err)
+			}
+			pod := newPod(append(opts, inNamespace(ns), func(p *corev1.Pod) {
+				p.Name, p.GenerateName = "", rs+"-"
+				p.Labels = map[string]string{"app": rs}
+				p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: rs, UID: set.UID, Controller: ptr.To(true)}}
+			})...)
+			var o []client.CreateOption
+			if dryRun {
+				o = append(o, client.DryRunAll)
+			}
+			return set.UID, env.Client.Create(ctx, pod, o...)
+		}
+		dryUID, err := owned("dry", true, optedIn())
+		if err != nil {
+			t.Fatal(err)
+		}
+		injectedUID, err := owned("injected", false, optedIn())
+		if err != nil {
+			t.Fatal(err)
+		}
+		refusedUID, err := owned("refused", false, optedIn(), annotated(webhook.AnnotationPort, "80"))
+		if err == nil {
+			t.Fatal("got the Pod with port 80 admitted; want it refused")
+		}
+		rbacUID, err := owned("no-rbac", false, optedIn(), withServiceAccount("no-leases"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			uid          types.UID
+			typ, reason  string
+			noteContains string
+		}{
+			{injectedUID, corev1.EventTypeNormal, webhook.ReasonInjected, "added the side-car " + testImage},
+			{refusedUID, corev1.EventTypeWarning, webhook.ReasonRefused, `annotation metaparticle.io/port: invalid value "80"`},
+			{rbacUID, corev1.EventTypeWarning, webhook.ReasonNoLeaseRBAC, "kubectl create rolebinding no-leases-metaparticle-sync"},
+			{rbacUID, corev1.EventTypeNormal, webhook.ReasonInjected, "added the side-car"},
+		} {
+			e := waitEvent(ctx, t, ns, tc.uid, tc.reason)
+			if e.Type != tc.typ || !strings.Contains(e.Note, tc.noteContains) || e.ReportingController != webhook.EventReporter || e.Regarding.Kind != "ReplicaSet" {
+				t.Errorf("got Event %s %s %q by %s on %s; want %s %s containing %q by %s on the ReplicaSet",
+					e.Type, e.Reason, e.Note, e.ReportingController, e.Regarding.Kind, tc.typ, tc.reason, tc.noteContains, webhook.EventReporter)
+			}
+		}
+		// The dry run came first; the Events after it are recorded, so it recorded none.
+		list, err := kubernetes.NewForConfigOrDie(env.Config).EventsV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "regarding.uid=" + string(dryUID)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Items) != 0 {
+			t.Errorf("got %d Events for a dry-run create; want none (sideEffects: None)", len(list.Items))
+		}
+	})
+
 	t.Run("bad annotation is denied with its reason", func(t *testing.T) {
 		ns := env.Namespace(t)
 		pod := newPod(optedIn(), named("bad"), inNamespace(ns), annotated(webhook.AnnotationPort, "99999"))
@@ -372,4 +458,24 @@ func TestIntegrationInjection(t *testing.T) {
 			t.Errorf("got %v reading the dry-run Pod; want NotFound", err)
 		}
 	})
+}
+
+// waitEvent waits for the Event of reason on the object uid in ns, read back from the API server.
+func waitEvent(ctx context.Context, t *testing.T, ns string, uid types.UID, reason string) eventsv1.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	sel := "regarding.uid=" + string(uid) + ",reason=" + reason
+	for {
+		list, err := cs.EventsV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: sel})
+		if err == nil && len(list.Items) > 0 {
+			return list.Items[0]
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("got no Event %s on %s: %v (last error %v)", reason, uid, ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -54,6 +54,7 @@ func Setup(mgr manager.Manager, config Config, opts ServerOptions) error {
 	if err != nil {
 		return fmt.Errorf("injector configuration: %w", err)
 	}
+	in = in.WithEvents(mgr.GetEventRecorder(EventReporter))
 	srv := mgr.GetWebhookServer()
 	srv.Register(Path, NewWebhook(in))
 	srv.Register(NamespacePath, NewWebhook(in.ForOptedInNamespaces()))

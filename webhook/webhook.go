@@ -22,12 +22,14 @@ package webhook
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/events"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -66,6 +68,7 @@ type Injector struct {
 	access *AccessChecker // nil: no RBAC warnings
 	// namespaceOptedIn: every Pod it sees is in an opted-in namespace (InjectInOptedInNamespace).
 	namespaceOptedIn bool
+	events           events.EventRecorder // nil: no Events (events.go)
 }
 
 // NewInjector validates config and returns an Injector. access may be nil, which turns the RBAC
@@ -93,18 +96,24 @@ var _ admission.Defaulter[*corev1.Pod] = (*Injector)(nil)
 func (in *Injector) Default(ctx context.Context, pod *corev1.Pod) error {
 	rec := recorderFrom(ctx)
 	log := logf.FromContext(ctx)
+	target := in.eventTarget(ctx, pod)
 	res, err := inject(pod, in.config, in.namespaceOptedIn)
 	if err != nil {
 		rec.outcome = OutcomeDenied
 		log.Info("denied", "reason", err.Error())
+		in.record(target, corev1.EventTypeWarning, ReasonRefused, fmt.Sprintf("Pod %s refused: %v", podName(pod), err))
 		return err
 	}
 	if res.Action != ActionInjected {
 		rec.outcome = OutcomeSkipped
+		if res.Action == ActionAlreadyInjected {
+			in.record(target, corev1.EventTypeNormal, ReasonSkipped, fmt.Sprintf("Pod %s has the side-car already (%s: %s)", podName(pod), AnnotationStatus, StatusInjected))
+		}
 		return nil
 	}
 	rec.outcome = OutcomeInjected
 	rec.warnings = append(rec.warnings, res.Warnings...)
+	in.record(target, corev1.EventTypeNormal, ReasonInjected, injectedNote(pod, pod.Annotations[AnnotationInjectedImage]))
 
 	if in.access != nil {
 		namespace := pod.Namespace
@@ -122,7 +131,9 @@ func (in *Injector) Default(ctx context.Context, pod *corev1.Pod) error {
 			log.Error(err, "checking the service account's Lease permissions")
 			rec.warnings = append(rec.warnings, "could not check the side-car's Lease permissions: "+err.Error())
 		case len(missing) > 0:
-			rec.warnings = append(rec.warnings, rbacWarning(namespace, sa, in.config.SidecarClusterRole, missing))
+			w := rbacWarning(namespace, sa, in.config.SidecarClusterRole, missing)
+			rec.warnings = append(rec.warnings, w)
+			in.record(target, corev1.EventTypeWarning, ReasonNoLeaseRBAC, "Pod "+podName(pod)+": "+w)
 		}
 	}
 	log.Info("injected side-car", "warnings", rec.warnings)

@@ -85,6 +85,14 @@ func TestInstalledFromRegistry(t *testing.T) {
 				webhook.AnnotationInjectedImage, got, webhook.LabelInjected, p.Labels[webhook.LabelInjected], want)
 		}
 	}
+	// The injector recorded an Event on the page's ReplicaSets (the chart grants it events).
+	injected, err := cluster.Clientset.EventsV1().Events(docsNamespace).List(ctx, metav1.ListOptions{FieldSelector: "reason=" + webhook.ReasonInjected})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(injected.Items) == 0 || injected.Items[0].Regarding.Kind != "ReplicaSet" {
+		t.Errorf("got %d %s Events in %s; want the injector's, on the ReplicaSets", len(injected.Items), webhook.ReasonInjected, docsNamespace)
+	}
 	statuses := func(p corev1.Pod) []corev1.ContainerStatus {
 		return append(append([]corev1.ContainerStatus(nil), p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...)
 	}
