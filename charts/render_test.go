@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -395,6 +396,48 @@ func TestRenderProductionKnobs(t *testing.T) {
 		if wh.ObjectSelector == nil || wh.ObjectSelector.MatchLabels["team"] != "payments" {
 			t.Errorf("webhook %s: got objectSelector %+v; want team=payments", wh.Name, wh.ObjectSelector)
 		}
+	}
+}
+
+// TestRenderMonitors: the PodMonitor scrapes exactly the Pods the injector labels, on the port
+// the injector gives the side-car; the ServiceMonitor scrapes the injector's Service port.
+func TestRenderMonitors(t *testing.T) {
+	r := render(t, "", "--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true",
+		"--set", "metrics.podMonitor.namespaces[0]=shop", "--set", "metrics.serviceMonitor.scrapeTimeout=10s")
+	pm := r.find("PodMonitor")
+	if len(pm) != 1 {
+		t.Fatalf("got %d PodMonitors; want 1", len(pm))
+	}
+	sel, _, _ := unstructured.NestedStringMap(pm[0].Object, "spec", "selector", "matchLabels")
+	if !maps.Equal(sel, map[string]string{webhook.LabelInjected: "true"}) {
+		t.Errorf("got PodMonitor selector %v; want the injector's label %s=true", sel, webhook.LabelInjected)
+	}
+	names, _, _ := unstructured.NestedStringSlice(pm[0].Object, "spec", "namespaceSelector", "matchNames")
+	if !slices.Equal(names, []string{"shop"}) {
+		t.Errorf("got PodMonitor namespaces %v; want [shop]", names)
+	}
+	eps, _, _ := unstructured.NestedSlice(pm[0].Object, "spec", "podMetricsEndpoints")
+	if len(eps) != 1 || eps[0].(map[string]any)["port"] != webhook.HealthPortName || eps[0].(map[string]any)["path"] != "/metrics" {
+		t.Errorf("got PodMetricsEndpoints %v; want port %s path /metrics (the injected side-car's)", eps, webhook.HealthPortName)
+	}
+
+	sm := r.find("ServiceMonitor")
+	if len(sm) != 1 {
+		t.Fatalf("got %d ServiceMonitors; want 1", len(sm))
+	}
+	seps, _, _ := unstructured.NestedSlice(sm[0].Object, "spec", "endpoints")
+	var svc corev1.Service
+	r.one(t, "Service", release+"-metaparticle-sync-injector", &svc)
+	if len(seps) != 1 || seps[0].(map[string]any)["port"] != "metrics" || seps[0].(map[string]any)["scrapeTimeout"] != "10s" ||
+		!slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == "metrics" }) {
+		t.Errorf("got ServiceMonitor endpoints %v and Service ports %+v; want port metrics on both, scrapeTimeout 10s", seps, svc.Spec.Ports)
+	}
+	smNS, _, _ := unstructured.NestedStringSlice(sm[0].Object, "spec", "namespaceSelector", "matchNames")
+	if !slices.Equal(smNS, []string{namespace}) {
+		t.Errorf("got ServiceMonitor namespaces %v; want the release namespace %s", smNS, namespace)
+	}
+	if n := len(render(t, "").find("PodMonitor")); n != 0 {
+		t.Errorf("got %d PodMonitors by default; want none (prometheus-operator's CRDs may be absent)", n)
 	}
 }
 

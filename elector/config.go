@@ -80,6 +80,13 @@ type Config struct {
 	// Default WatchNames.
 	WatchScope string
 
+	// MetricNames bounds the names exported one by one in the gauge metaparticle_sync_held
+	// (labels kind and name): the names with a local hold, waiter or candidate, in name order,
+	// at most this many; the others are counted in metaparticle_sync_held_names_omitted. Each
+	// name costs one time series per Pod in Prometheus. Zero means DefaultMetricNames; a
+	// negative value exports no names (only the per-kind gauges).
+	MetricNames int
+
 	// Limits bound what one side-car keeps for its Pod's processes, so that a runaway client
 	// cannot grow it until it is OOM-killed (which would cost every hold of the Pod). A request
 	// beyond a limit changes nothing and is refused with wire.CodeTooMany (HTTP 429). Zero
@@ -107,6 +114,9 @@ type Limits struct {
 	// Default DefaultMaxNames. Not used with WatchNamespace.
 	MaxNames int
 }
+
+// DefaultMetricNames is Config.MetricNames's default.
+const DefaultMetricNames = 50
 
 // DefaultDeleteIdleAfter is Config.DeleteIdleAfter's default: a lock unused for ten minutes
 // costs one create more at its next use, and a namespace that creates a name a second keeps
@@ -165,6 +175,9 @@ func (c Config) withDefaults() Config {
 	c.Limits = c.Limits.withDefaults()
 	if c.DeleteIdleAfter == 0 {
 		c.DeleteIdleAfter = max(DefaultDeleteIdleAfter, c.LeaseDuration)
+	}
+	if c.MetricNames == 0 {
+		c.MetricNames = DefaultMetricNames
 	}
 	if c.WatchScope == "" {
 		c.WatchScope = WatchNames

@@ -3,6 +3,8 @@ package elector
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -713,6 +715,73 @@ func TestMetricsCountGrantsAndHolds(t *testing.T) {
 			t.Errorf("holds{kind=lock}: got %d; want 2", got)
 		}
 	})
+}
+
+// TestHeldMetricPerName: metaparticle_sync_held has one series per name in use here, 1 while held
+// or led here and 0 while only waited for, at most MetricNames of them in name order, the rest
+// counted; a negative MetricNames exports none.
+func TestHeldMetricPerName(t *testing.T) {
+	for _, tc := range []struct {
+		max     int
+		want    map[string]float64
+		omitted float64
+	}{
+		{2, map[string]float64{"election/a": 1, "lock/b": 0}, 1},
+		{0, map[string]float64{"election/a": 1, "lock/b": 0, "lock/c": 1}, 0}, // the default, 50
+		{-1, map[string]float64{}, 3},
+	} {
+		t.Run(fmt.Sprint(tc.max), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				other := newBed(t, "pod-b", nil, nil)
+				b := newBedWith(t, Config{PodName: "pod-a", MetricNames: tc.max}, other.api, other.clock)
+				// pod-b holds "b"; pod-a waits for it, holds "c" and leads "a".
+				other.mustAcquire(other.open().Key(), "b")
+				s := b.open()
+				waiting := b.acquire(s.Key(), "b", wire.AcquireRequest{})
+				b.mustAcquire(s.Key(), "c")
+				if _, err := b.e.Join(s.Key(), "a"); err != nil {
+					t.Fatalf("Join: got %v; want nil", err)
+				}
+				settled(t, "elections held", func() int { return b.e.snapshot().holds[wire.KindElection] }, 1)
+				settled(t, "lock waiters", func() int { return b.e.snapshot().waiting[wire.KindLock] }, 1)
+				got := heldSeries(t, b)
+				if !maps.Equal(got, tc.want) {
+					t.Errorf("got metaparticle_sync_held %v; want %v", got, tc.want)
+				}
+				if o := metricValue(t, b, "metaparticle_sync_held_names_omitted"); o != tc.omitted {
+					t.Errorf("got metaparticle_sync_held_names_omitted %v; want %v", o, tc.omitted)
+				}
+				select {
+				case o := <-waiting:
+					t.Fatalf("got the waiter's acquire back (%+v); want it still waiting", o)
+				default:
+				}
+			})
+		})
+	}
+}
+
+// heldSeries returns every metaparticle_sync_held series of b as "kind/name" → value.
+func heldSeries(t *testing.T, b *bed) map[string]float64 {
+	t.Helper()
+	mfs, err := b.reg.Gather()
+	if err != nil {
+		t.Fatalf("gathering metrics: got %v; want nil", err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "metaparticle_sync_held" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			out[l["kind"]+"/"+l["name"]] = m.GetGauge().GetValue()
+		}
+	}
+	return out
 }
 
 // metricValue gathers b's registry and returns the value of the named metric with the given

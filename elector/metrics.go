@@ -1,6 +1,9 @@
 package elector
 
 import (
+	"cmp"
+	"slices"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/metaparticle-io/sync/wire"
@@ -20,6 +23,10 @@ import (
 //	losses_total           counter    holds lost, by reason: renew_deadline, conflict, deleted, taken
 //	idle_deletions_total   counter    deletions of idle Leases tried, by result
 //	lease_watches          gauge      Lease watches open: one per name in use (or 1, WatchNamespace)
+//	held                   gauge      per name in use here (kind, name): 1 held (lock) or leading
+//	                                  (election) here, 0 waited for or stood for; at most
+//	                                  Config.MetricNames names
+//	held_names_omitted     gauge      names in use here that held leaves out (over MetricNames)
 type metrics struct {
 	grants        *prometheus.CounterVec
 	waits         *prometheus.CounterVec
@@ -99,6 +106,10 @@ var (
 	sessionsDesc = prometheus.NewDesc("metaparticle_sync_sessions", "Open sessions.", nil, nil)
 	watchesDesc  = prometheus.NewDesc("metaparticle_sync_lease_watches",
 		"Lease watches this side-car has open: one per name in use here (--watch-scope=names), or 1 (namespace).", nil, nil)
+	heldDesc = prometheus.NewDesc("metaparticle_sync_held",
+		"Per name this side-car's sessions use: 1 while one of them holds the lock or leads the election, 0 while they only wait or stand (at most --metrics-names names, in name order).", []string{"kind", "name"}, nil)
+	omittedDesc = prometheus.NewDesc("metaparticle_sync_held_names_omitted",
+		"Names in use here that metaparticle_sync_held leaves out, over --metrics-names.", nil, nil)
 	degradedDesc = prometheus.NewDesc("metaparticle_sync_api_degraded",
 		"1 while the sessions are told of API server trouble (a degraded event), by code (forbidden, unavailable); 0 otherwise.", []string{"code"}, nil)
 )
@@ -109,6 +120,8 @@ func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- sessionsDesc
 	ch <- watchesDesc
 	ch <- degradedDesc
+	ch <- heldDesc
+	ch <- omittedDesc
 }
 
 func (g *gauges) Collect(ch chan<- prometheus.Metric) {
@@ -119,6 +132,24 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(s.sessions))
 	ch <- prometheus.MustNewConstMetric(watchesDesc, prometheus.GaugeValue, float64(s.watches))
+	max := g.e.cfg.MetricNames
+	if max < 0 {
+		max = 0
+	}
+	slices.SortFunc(s.names, func(a, b nameUse) int { return cmp.Or(cmp.Compare(a.name, b.name), cmp.Compare(a.kind, b.kind)) })
+	omitted := 0
+	for i, n := range s.names {
+		if i >= max {
+			omitted++
+			continue
+		}
+		v := 0.0
+		if n.held {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(heldDesc, prometheus.GaugeValue, v, string(n.kind), n.name)
+	}
+	ch <- prometheus.MustNewConstMetric(omittedDesc, prometheus.GaugeValue, float64(omitted))
 	for _, code := range []wire.ErrorCode{wire.CodeForbidden, wire.CodeUnavailable} {
 		v := 0.0
 		if s.degraded == code {
@@ -128,7 +159,15 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// nameUse is one name in use here, for metaparticle_sync_held.
+type nameUse struct {
+	kind wire.Kind
+	name string
+	held bool
+}
+
 type engineSnapshot struct {
+	names          []nameUse // names with a local hold, waiter or candidate
 	holds, waiting map[wire.Kind]int
 	sessions       int
 	watches        int
@@ -146,13 +185,17 @@ func (e *Engine) snapshot() engineSnapshot {
 			s.watches++
 		}
 		n.mu.Lock()
-		if n.hold != nil && !n.hold.release {
+		held := n.hold != nil && !n.hold.release
+		if held {
 			s.holds[n.kind]++
 		}
 		for _, c := range n.queue {
 			if n.hold == nil || n.hold.c != c {
 				s.waiting[n.kind]++
 			}
+		}
+		if (held || len(n.queue) > 0) && n.name != "" {
+			s.names = append(s.names, nameUse{kind: n.kind, name: n.name, held: held})
 		}
 		n.mu.Unlock()
 	}

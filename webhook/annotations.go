@@ -42,6 +42,7 @@ const (
 	AnnotationRetryPeriod   = "metaparticle.io/retry-period"
 	AnnotationWatchScope    = "metaparticle.io/watch-scope"
 	AnnotationMaxNames      = "metaparticle.io/max-names"
+	AnnotationMetricsNames  = "metaparticle.io/metrics-names"
 )
 
 // LabelInjected, with the value "true", is set on every Pod the injector injected, to select them:
@@ -137,6 +138,15 @@ func podConfig(base Config, annotations map[string]string) (Config, error) {
 			bad(AnnotationMaxNames, "a positive number of names, such as 500 (about 165 KiB each: raise "+AnnotationMemoryLimit+" with it)")
 		} else {
 			c.MaxNames = int(n)
+		}
+	}
+
+	if v, ok := annotations[AnnotationMetricsNames]; ok {
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || n == 0 || n < -1 {
+			bad(AnnotationMetricsNames, "a positive number of names exported in metaparticle_sync_held, or -1 for none")
+		} else {
+			c.MetricsNames = int(n)
 		}
 	}
 

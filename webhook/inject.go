@@ -145,6 +145,9 @@ func sidecarContainer(c Config) corev1.Container {
 	if c.MaxNames > 0 {
 		env = append(env, corev1.EnvVar{Name: contract.EnvMaxNames, Value: strconv.Itoa(c.MaxNames)})
 	}
+	if c.MetricsNames != 0 {
+		env = append(env, corev1.EnvVar{Name: contract.EnvMetricsNames, Value: strconv.Itoa(c.MetricsNames)})
+	}
 	return corev1.Container{
 		Name:            SidecarName,
 		Image:           c.Image,

@@ -230,8 +230,10 @@ func TestInject(t *testing.T) {
 			webhook.AnnotationLeaseDuration, "20s", webhook.AnnotationRenewDeadline, "12s",
 			webhook.AnnotationRenewPeriod, "4s", webhook.AnnotationRetryPeriod, "500ms",
 			webhook.AnnotationWatchScope, "namespace", webhook.AnnotationMaxNames, "500",
+			webhook.AnnotationMetricsNames, "-1",
 		)), []check{
 			sidecarEnv(contract.EnvWatchScope, "namespace"), sidecarEnv(contract.EnvMaxNames, "500"),
+			sidecarEnv(contract.EnvMetricsNames, "-1"),
 			injectedAs(webhook.ModeNative), appEnv("app", "127.0.0.1:14000"),
 			sidecarEnv(wire.EnvAddress, "127.0.0.1:14000"), sidecarEnv(contract.EnvHealthAddress, ":14001"),
 			sidecarEnv(contract.EnvLogLevel, "2"), sidecarEnv(contract.EnvLeaseDuration, "20s"),
@@ -246,6 +248,8 @@ func TestInject(t *testing.T) {
 				return fmt.Sprintf("%s/%d", c.Ports[0].Name, c.Ports[0].ContainerPort)
 			}, webhook.HealthPortName+"/14001"),
 		}},
+		{"bad metrics names", newPod(optedIn(), annotated(webhook.AnnotationMetricsNames, "0")),
+			[]check{deniedWith(webhook.AnnotationMetricsNames, `"0"`, "-1")}},
 		{"bad mode", newPod(optedIn(), annotated(webhook.AnnotationMode, "sidecar")),
 			[]check{deniedWith(webhook.AnnotationMode, `"sidecar"`, "native", "classic")}},
 		{"bad port", newPod(optedIn(), annotated(webhook.AnnotationPort, "80")),

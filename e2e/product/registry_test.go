@@ -93,6 +93,16 @@ func TestInstalledFromRegistry(t *testing.T) {
 	if len(injected.Items) == 0 || injected.Items[0].Regarding.Kind != "ReplicaSet" {
 		t.Errorf("got %d %s Events in %s; want the injector's, on the ReplicaSets", len(injected.Items), webhook.ReasonInjected, docsNamespace)
 	}
+	// Each side-car serves the per-name gauge on the port the chart's PodMonitor scrapes.
+	for _, p := range apps.Items {
+		body, err := cluster.Clientset.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, webhook.HealthPortName, "/metrics", nil).DoRaw(ctx)
+		if err != nil {
+			t.Fatalf("pod %s: /metrics through the API server's proxy: %v", p.Name, err)
+		}
+		if !strings.Contains(string(body), `metaparticle_sync_held{kind="lock",name="test"}`) {
+			t.Errorf("pod %s: got no metaparticle_sync_held series for the lock \"test\" on port %s:\n%s", p.Name, webhook.HealthPortName, body)
+		}
+	}
 	statuses := func(p corev1.Pod) []corev1.ContainerStatus {
 		return append(append([]corev1.ContainerStatus(nil), p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...)
 	}

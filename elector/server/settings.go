@@ -112,6 +112,10 @@ func flagSet(s *Settings) (*flag.FlagSet, map[string]string) {
 			"holder's last renewal) if nothing of this Pod uses it, conditional on its resourceVersion,\n"+
 			"so never one just granted; RBAC needs delete. At least --lease-duration; a negative value\n"+
 			"never deletes. Default "+elector.DefaultDeleteIdleAfter.String()+" (or --lease-duration, if longer)."))
+	fs.IntVar(&s.MetricNames, "metrics-names", 0, usage("metrics-names", contract.EnvMetricsNames,
+		fmt.Sprintf("Names exported one by one in the gauge metaparticle_sync_held{kind,name} (1 held or\n"+
+			"leading here, 0 waiting or standing): at most this many, in name order; -1 exports none.\n"+
+			"Default %d.", elector.DefaultMetricNames)))
 	fs.StringVar(&s.WatchScope, "watch-scope", "", usage("watch-scope", contract.EnvWatchScope,
 		"Which Leases to watch: names (those of the names this Pod's processes use, one watch\n"+
 			"each, kept for --delete-idle-leases-after after the last use) or namespace (every\n"+

@@ -25,6 +25,7 @@ const (
 	EnvMaxPendingAcquires = "METAPARTICLE_SYNC_MAX_PENDING_ACQUIRES"
 	EnvMaxWatches         = "METAPARTICLE_SYNC_MAX_WATCHES"
 	EnvMaxNames           = "METAPARTICLE_SYNC_MAX_NAMES"
+	EnvMetricsNames       = "METAPARTICLE_SYNC_METRICS_NAMES"
 
 	EnvDeleteIdleLeasesAfter = "METAPARTICLE_SYNC_DELETE_IDLE_LEASES_AFTER"
 	EnvWatchScope            = "METAPARTICLE_SYNC_WATCH_SCOPE"
