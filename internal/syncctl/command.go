@@ -14,9 +14,9 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 )
@@ -44,8 +44,11 @@ type cli struct {
 	out     io.Writer
 	errOut  io.Writer
 	clock   clock.Clock
-	flags   *genericclioptions.ConfigFlags
-	host    string // the API server's URL, once the configuration is loaded
+	// kubeconfig and overrides are kubectl's connection flags (--kubeconfig, --context, -n,
+	// --server, --request-timeout…), bound by client-go's clientcmd as kubectl binds them.
+	kubeconfig string
+	overrides  clientcmd.ConfigOverrides
+	host       string // the API server's URL, once the configuration is loaded
 }
 
 func newCLI(program string, stdout, stderr io.Writer, clk clock.Clock) *cli {
@@ -157,7 +160,7 @@ your PATH:
 			return usagef("unknown command %q", args[0])
 		},
 		RunE: func(*cobra.Command, []string) error {
-			return usagef("missing command: locks, elections, describe or sidecars")
+			return usagef("missing command: locks, elections, describe, sidecars or version")
 		},
 	}
 	root.SuggestionsMinimumDistance = 2
@@ -168,16 +171,10 @@ your PATH:
 		"Usage:{{if .Runnable}}", "Usage:{{if and .Runnable (not .HasAvailableSubCommands)}}", 1))
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 
-	c.flags = genericclioptions.NewConfigFlags(true)
-	c.flags.CacheDir = nil // no discovery, so no discovery cache
-	c.flags.WrapConfigFn = func(cfg *rest.Config) *rest.Config {
-		cfg.WarningHandler = rest.NoWarnings{}
-		cfg.UserAgent = "metaparticle-syncctl"
-		return cfg
-	}
-	c.flags.AddFlags(root.PersistentFlags())
+	root.PersistentFlags().StringVar(&c.kubeconfig, clientcmd.RecommendedConfigPathFlag, "", "Path to the kubeconfig file to use for CLI requests.")
+	clientcmd.BindOverrideFlags(&c.overrides, root.PersistentFlags(), clientcmd.RecommendedConfigOverrideFlags(""))
 
-	root.AddCommand(c.listCommand(kindLock), c.listCommand(kindElection), c.describeCommand(), c.sidecarsCommand())
+	root.AddCommand(c.listCommand(kindLock), c.listCommand(kindElection), c.describeCommand(), c.sidecarsCommand(), c.versionCommand())
 	return root
 }
 
@@ -194,18 +191,29 @@ func noArgs(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
+// loader loads the kubeconfig as kubectl does: --kubeconfig, else $KUBECONFIG, else
+// ~/.kube/config, with the connection flags over it.
+func (c *cli) loader() clientcmd.ClientConfig {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = c.kubeconfig
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &c.overrides)
+}
+
 // client loads the kubeconfig the way kubectl does and returns a clientset.
 func (c *cli) client() (kubernetes.Interface, error) {
 	// Like kubectl, client-go falls back to http://localhost:8080 when nothing is configured;
 	// say what is missing instead of failing to connect there.
-	raw, err := c.flags.ToRawKubeConfigLoader().RawConfig()
-	if err == nil && len(raw.Clusters) == 0 && *c.flags.APIServer == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+	loader := c.loader()
+	raw, err := loader.RawConfig()
+	if err == nil && len(raw.Clusters) == 0 && c.overrides.ClusterInfo.Server == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
 		return nil, errNoConfig
 	}
-	cfg, err := c.flags.ToRESTConfig()
+	cfg, err := loader.ClientConfig()
 	if err != nil {
 		return nil, explainConfig(err)
 	}
+	cfg.WarningHandler = rest.NoWarnings{}
+	cfg.UserAgent = "metaparticle-syncctl"
 	c.host = cfg.Host
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
@@ -216,7 +224,7 @@ func (c *cli) client() (kubernetes.Interface, error) {
 
 // namespace is the namespace of -n, or else the current context's, or else "default".
 func (c *cli) namespace() (string, error) {
-	ns, _, err := c.flags.ToRawKubeConfigLoader().Namespace()
+	ns, _, err := c.loader().Namespace()
 	if err != nil {
 		return "", explainConfig(err)
 	}
@@ -225,7 +233,7 @@ func (c *cli) namespace() (string, error) {
 
 // callContext bounds one request by defaultCallTimeout, unless --request-timeout bounds it.
 func (c *cli) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	if c.flags != nil && c.flags.Timeout != nil && *c.flags.Timeout != "" && *c.flags.Timeout != "0" {
+	if c.overrides.Timeout != "" && c.overrides.Timeout != "0" {
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, defaultCallTimeout)

@@ -48,14 +48,16 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, `error: missing command: locks, elections, describe or sidecars (see 'kubectl sync --help')`},
+		{nil, `error: missing command: locks, elections, describe, sidecars or version (see 'kubectl sync --help')`},
 		{[]string{"sidecars", "-o", "wide"}, `error: unknown output format "wide": use json or yaml (see 'kubectl sync sidecars --help')`},
 		{[]string{"health", "x"}, `error: "sidecars" takes no arguments, got "x" (see 'kubectl sync sidecars --help')`},
 		{[]string{"lcks"}, `error: unknown command "lcks" (did you mean "locks"?) (see 'kubectl sync --help')`},
 		{[]string{"frobnicate"}, `error: unknown command "frobnicate" (see 'kubectl sync --help')`},
 		{[]string{"locks", "--bogus"}, `error: unknown flag: --bogus (see 'kubectl sync locks --help')`},
 		{[]string{"locks", "extra"}, `error: "locks" takes no arguments, got "extra" (see 'kubectl sync locks --help')`},
-		{[]string{"leaders", "-o", "xml"}, `error: unknown output format "xml": use json, yaml or wide (see 'kubectl sync elections --help')`},
+		{[]string{"leaders", "-o", "xml"}, `error: unknown output format "xml": use json, yaml, wide, name or jsonpath=<template> (see 'kubectl sync elections --help')`},
+		{[]string{"locks", "-l", "a b"}, `error: -l "a b": `},
+		{[]string{"locks", "-o", "jsonpath={.items["}, `error: -o jsonpath: `},
 		{[]string{"describe"}, `error: describe takes exactly one NAME, got 0 arguments (see 'kubectl sync describe --help')`},
 		{[]string{"describe", "a", "b"}, `error: describe takes exactly one NAME, got 2 arguments (see 'kubectl sync describe --help')`},
 		{[]string{"describe", "x", "--kind", "mutex"}, `error: unknown --kind "mutex": use lock or election (see 'kubectl sync describe --help')`},

@@ -24,6 +24,8 @@ func TestSyncctlLinksNoSidecar(t *testing.T) {
 		{"github.com/prometheus/client_golang", "the Prometheus client, which only the side-car needs"},
 		{"k8s.io/client-go/tools/cache", "client-go's informers; syncctl lists and watches directly"},
 		{"k8s.io/client-go/informers", "client-go's informer factories; syncctl lists and watches directly"},
+		{"k8s.io/cli-runtime", "kubectl's resource builder, which links kustomize; clientcmd binds kubectl's flags"},
+		{"sigs.k8s.io/kustomize", "kustomize, which a read-only CLI never runs"},
 	}
 	deps := strings.Fields(string(out))
 	if len(deps) == 0 || deps[len(deps)-1] != cmd {

@@ -8,7 +8,7 @@
 //	syncctl describe NAME [--kind lock|election] [-o json|yaml]
 //
 // It reads only: get, list and watch on leases, and get on pods for describe. The kubeconfig,
-// context and namespace are chosen as kubectl chooses them (k8s.io/cli-runtime's ConfigFlags).
+// context and namespace are chosen as kubectl chooses them (client-go's clientcmd, with kubectl's flags).
 // Leases are selected by the side-car's labels (contract.LabelManagedBy, contract.LabelKind) and
 // named by its annotations (contract.AnnotationName, contract.AnnotationToken); see docs/api.md.
 //

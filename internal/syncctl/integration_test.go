@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,6 +33,7 @@ import (
 	"github.com/metaparticle-io/sync/internal/sidecartest"
 	"github.com/metaparticle-io/sync/internal/syncctl"
 	"github.com/metaparticle-io/sync/internal/testenv"
+	"github.com/metaparticle-io/sync/internal/version"
 	"github.com/metaparticle-io/sync/sdk"
 	"github.com/metaparticle-io/sync/wire"
 )
@@ -311,6 +313,17 @@ func TestIntegrationList(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Items) != 1 ||
 		list.Items[0].Holder != leader.Holder || list.Items[0].Token != fmt.Sprint(leader.Token) || list.Items[0].Kind != wire.KindElection {
 		t.Errorf("leaders -o json: got %+v, %v; want the leader %+v", list.Items, err, leader)
+	}
+
+	// -o name and -l: -l is ANDed with the kind's own labels, so an election's label finds no lock.
+	if out := cli(t, "locks", "-n", ns, "-o", "name").ok(t, "locks -o name"); out != "lock/Idle Lock\nlock/orders/eu\n" && out != "lock/orders/eu\nlock/Idle Lock\n" {
+		t.Errorf("locks -o name: got %q; want lock/orders/eu and lock/Idle Lock", out)
+	}
+	if out := cli(t, "locks", "-n", ns, "-l", "metaparticle.io/kind=election").ok(t, "locks -l"); out != "No resources found.\n" {
+		t.Errorf("locks -l metaparticle.io/kind=election: got %q; want no locks", out)
+	}
+	if out := cli(t, "elections", "-n", ns, "-l", "metaparticle.io/kind=election", "--no-headers").ok(t, "elections -l --no-headers"); strings.Contains(out, "HOLDER") || !strings.Contains(out, "scheduler") {
+		t.Errorf("elections -l --no-headers: got %q; want the scheduler row and no header", out)
 	}
 
 	// Without -n, the namespace of the kubeconfig's context.
@@ -686,4 +699,32 @@ func TestIntegrationSidecarsOnTheRealAPIServer(t *testing.T) {
 		t.Errorf("got %+v; want only why its health port could not be read", h)
 	}
 	t.Logf("the API server's answer for an unreachable side-car: %s", got.Items[0].Error)
+}
+
+// TestIntegrationVersion: version prints the client's release and each injector Deployment's,
+// read from the real API server.
+func TestIntegrationVersion(t *testing.T) {
+	ns := env.Namespace(t)
+	ctx := testCtx(t)
+	sel := map[string]string{"app.kubernetes.io/name": "metaparticle-sync", "app.kubernetes.io/component": "injector"}
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "injector", Namespace: ns, Labels: map[string]string{
+			"app.kubernetes.io/name": "metaparticle-sync", "app.kubernetes.io/component": "injector", "app.kubernetes.io/version": "9.8.7"}},
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: sel},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: sel},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "injector", Image: "example.test/injector:9.8.7"}}}},
+		},
+	}
+	if err := env.Client.Create(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	out := cli(t, "version").ok(t, "version")
+	if !strings.HasPrefix(out, "Client: syncctl "+version.Version+"\n") || !strings.Contains(out, "Injector: "+ns+"/injector 9.8.7\n") {
+		t.Errorf("version: got %q; want the client's release and the injector %s/injector 9.8.7", out, ns)
+	}
+	var v syncctl.Versions
+	if err := json.Unmarshal([]byte(cli(t, "version", "--client", "-o", "json").ok(t, "version --client -o json")), &v); err != nil || v.Client != version.Version || v.Injectors != nil {
+		t.Errorf("version --client -o json: got %+v, %v; want the client's release only", v, err)
+	}
 }

@@ -36,9 +36,9 @@ func selectorAll() string {
 }
 
 type listOptions struct {
-	allNamespaces bool
-	watch         bool
-	format        string
+	printOptions
+	watch    bool
+	selector string // -l, ANDed with the managed-by and kind labels
 }
 
 func (c *cli) listCommand(kind wire.Kind) *cobra.Command {
@@ -79,13 +79,23 @@ documents; -o wide adds the lease transitions, the Lease name and whole session 
 	f := cmd.Flags()
 	f.BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "List the "+plural+" of every namespace")
 	f.BoolVarP(&o.watch, "watch", "w", false, "After listing, print the list again whenever it changes (until interrupted)")
-	f.StringVarP(&o.format, "output", "o", "", "Output format: json, yaml or wide (default: a table)")
+	f.StringVarP(&o.format, "output", "o", "", "Output format: json, yaml, wide, name or jsonpath=<template> (default: a table)")
+	f.BoolVar(&o.noHeaders, "no-headers", false, "Print the table without its header line")
+	f.StringVarP(&o.selector, "selector", "l", "", "Only the Leases with these labels too (e.g. metaparticle.io/pod-uid=<uid>), as kubectl's -l")
 	return cmd
 }
 
 func (c *cli) list(ctx context.Context, kind wire.Kind, o listOptions) error {
-	if !validFormat(o.format) {
-		return usagef("unknown output format %q: use json, yaml or wide", o.format)
+	if err := validFormat(o.format); err != nil {
+		return err
+	}
+	sel := selector(kind)
+	if o.selector != "" {
+		extra, err := labels.Parse(o.selector)
+		if err != nil {
+			return usagef("-l %q: %v", o.selector, err)
+		}
+		sel += "," + extra.String()
 	}
 	cs, err := c.client()
 	if err != nil {
@@ -99,15 +109,15 @@ func (c *cli) list(ctx context.Context, kind wire.Kind, o listOptions) error {
 	}
 	leases := cs.CoordinationV1().Leases(ns)
 	cctx, cancel := c.callContext(ctx)
-	l, err := leases.List(cctx, metav1.ListOptions{LabelSelector: selector(kind)})
+	l, err := leases.List(cctx, metav1.ListOptions{LabelSelector: sel})
 	cancel()
 	if err != nil {
 		return c.explain(err)
 	}
 	if !o.watch {
-		return printList(c.out, o.format, itemsOf(l), c.clock.Now(), o.allNamespaces, false)
+		return printList(c.out, o.printOptions, itemsOf(l), c.clock.Now(), false)
 	}
-	return c.watch(ctx, leases, kind, o, l)
+	return c.watch(ctx, leases, sel, o, l)
 }
 
 func itemsOf(l *coordinationv1.LeaseList) []Item {
@@ -123,7 +133,7 @@ func itemsOf(l *coordinationv1.LeaseList) []Item {
 // and prints the list again whenever view.changed says so. A watch that the server ends is
 // resumed from the last resourceVersion seen; when that is too old (410 Gone), the Leases are
 // listed again. It returns nil when ctx ends, and an error when the API server refuses.
-func (c *cli) watch(ctx context.Context, leases coordinationclient.LeaseInterface, kind wire.Kind, o listOptions, l *coordinationv1.LeaseList) error {
+func (c *cli) watch(ctx context.Context, leases coordinationclient.LeaseInterface, sel string, o listOptions, l *coordinationv1.LeaseList) error {
 	v := newView(c.clock)
 	v.reset(l)
 	rv := l.ResourceVersion
@@ -152,7 +162,7 @@ func (c *cli) watch(ctx context.Context, leases coordinationclient.LeaseInterfac
 	expiry := arm()
 	for {
 		w, err := leases.Watch(ctx, metav1.ListOptions{
-			LabelSelector:       selector(kind),
+			LabelSelector:       sel,
 			ResourceVersion:     rv,
 			AllowWatchBookmarks: true,
 		})
@@ -220,7 +230,7 @@ func (c *cli) watch(ctx context.Context, leases coordinationclient.LeaseInterfac
 		switch {
 		case relist:
 			cctx, cancel := c.callContext(ctx)
-			l, err := leases.List(cctx, metav1.ListOptions{LabelSelector: selector(kind)})
+			l, err := leases.List(cctx, metav1.ListOptions{LabelSelector: sel})
 			cancel()
 			if err != nil {
 				if ctx.Err() != nil {
@@ -255,7 +265,7 @@ func (c *cli) printView(v *view, o listOptions) error {
 		fmt.Fprintln(c.out)
 	}
 	v.markPrinted(now)
-	return printList(c.out, o.format, items, now, o.allNamespaces, true)
+	return printList(c.out, o.printOptions, items, now, true)
 }
 
 // view is the state of the watched Leases, and what was last printed of it.

@@ -9,23 +9,40 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/duration"
+	"k8s.io/client-go/util/jsonpath"
 	"sigs.k8s.io/yaml"
 )
 
-// Output formats, the values of -o.
+// Output formats, the values of -o; formatJSONPath is followed by "=" and the template.
 const (
-	formatTable = ""
-	formatWide  = "wide"
-	formatJSON  = "json"
-	formatYAML  = "yaml"
+	formatTable    = ""
+	formatWide     = "wide"
+	formatJSON     = "json"
+	formatYAML     = "yaml"
+	formatName     = "name"
+	formatJSONPath = "jsonpath"
 )
 
-func validFormat(f string) bool {
+// printOptions is how a list is printed: -o, --no-headers, -A.
+type printOptions struct {
+	format        string // one of the formats; "jsonpath=<template>" for formatJSONPath
+	noHeaders     bool
+	allNamespaces bool
+}
+
+// validFormat reports whether f is a format -o takes, and checks a jsonpath template.
+func validFormat(f string) error {
 	switch f {
-	case formatTable, formatWide, formatJSON, formatYAML:
-		return true
+	case formatTable, formatWide, formatJSON, formatYAML, formatName:
+		return nil
 	}
-	return false
+	if tmpl, ok := strings.CutPrefix(f, formatJSONPath+"="); ok {
+		if err := jsonpath.New("o").Parse(tmpl); err != nil {
+			return usagef("-o jsonpath: %v", err)
+		}
+		return nil
+	}
+	return usagef("unknown output format %q: use json, yaml, wide, name or jsonpath=<template>", f)
 }
 
 // List is the JSON and YAML form of a list of locks or elections.
@@ -41,8 +58,8 @@ const sessionPrefix = 8
 
 // printTable writes items as a table, the way kubectl get does: NAMESPACE (with allNamespaces),
 // NAME, HOLDER (the Pod), SESSION, HELD SINCE, TOKEN, EXPIRES IN (EST.); wide adds LEASE and
-// TRANSITIONS and shows whole session IDs.
-func printTable(w io.Writer, items []Item, now time.Time, allNamespaces, wide bool) error {
+// TRANSITIONS and shows whole session IDs. noHeaders leaves the header line out.
+func printTable(w io.Writer, items []Item, now time.Time, allNamespaces, wide, noHeaders bool) error {
 	tw := tabwriter.NewWriter(w, 6, 4, 3, ' ', 0)
 	var header []string
 	if allNamespaces {
@@ -52,7 +69,9 @@ func printTable(w io.Writer, items []Item, now time.Time, allNamespaces, wide bo
 	if wide {
 		header = append(header, "TRANSITIONS", "LEASE")
 	}
-	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	if !noHeaders {
+		fmt.Fprintln(tw, strings.Join(header, "\t"))
+	}
 	for _, it := range items {
 		var row []string
 		if allNamespaces {
@@ -78,23 +97,53 @@ func printTable(w io.Writer, items []Item, now time.Time, allNamespaces, wide bo
 	return tw.Flush()
 }
 
-// printList writes items in format; compact (for -w with -o json) writes one line per list.
-func printList(w io.Writer, format string, items []Item, now time.Time, allNamespaces, compact bool) error {
+// printList writes items as o says; compact (for -w with -o json) writes one line per list.
+func printList(w io.Writer, o printOptions, items []Item, now time.Time, compact bool) error {
 	if items == nil {
 		items = []Item{}
 	}
-	switch format {
+	switch o.format {
 	case formatJSON:
 		return writeJSON(w, List{Items: items}, compact)
 	case formatYAML:
 		return writeYAML(w, List{Items: items}, compact)
-	default:
-		if len(items) == 0 && !compact {
-			_, err := fmt.Fprintln(w, "No resources found.")
-			return err
+	case formatName:
+		// As kubectl get -o name: KIND/NAME, one per line.
+		for _, it := range items {
+			if _, err := fmt.Fprintf(w, "%s/%s\n", it.Kind, it.Name); err != nil {
+				return err
+			}
 		}
-		return printTable(w, items, now, allNamespaces, format == formatWide)
+		return nil
 	}
+	if tmpl, ok := strings.CutPrefix(o.format, formatJSONPath+"="); ok {
+		return writeJSONPath(w, tmpl, List{Items: items})
+	}
+	if len(items) == 0 && !compact {
+		_, err := fmt.Fprintln(w, "No resources found.")
+		return err
+	}
+	return printTable(w, items, now, o.allNamespaces, o.format == formatWide, o.noHeaders)
+}
+
+// writeJSONPath executes a kubectl-style JSONPath template on v's JSON form ({"items": [...]}).
+func writeJSONPath(w io.Writer, tmpl string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var data any
+	if err := json.Unmarshal(b, &data); err != nil {
+		return err
+	}
+	jp := jsonpath.New("o")
+	if err := jp.Parse(tmpl); err != nil {
+		return usagef("-o jsonpath: %v", err)
+	}
+	if err := jp.Execute(w, data); err != nil {
+		return fmt.Errorf("-o jsonpath: %w", err)
+	}
+	return nil
 }
 
 // writeJSON writes v indented, or on one line when compact.

@@ -213,7 +213,7 @@ No resources found.
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer
-			if err := printList(&b, tc.format, tc.items, now, tc.allNamespaces, false); err != nil {
+			if err := printList(&b, printOptions{format: tc.format, allNamespaces: tc.allNamespaces}, tc.items, now, false); err != nil {
 				t.Fatal(err)
 			}
 			if got, want := b.String(), strings.TrimPrefix(tc.want, "\n"); got != want {
@@ -239,7 +239,7 @@ func TestPrintJSONAndYAML(t *testing.T) {
 	for _, format := range []string{formatJSON, formatYAML} {
 		t.Run(format, func(t *testing.T) {
 			var b bytes.Buffer
-			if err := printList(&b, format, fixture(), now, false, false); err != nil {
+			if err := printList(&b, printOptions{format: format}, fixture(), now, false); err != nil {
 				t.Fatal(err)
 			}
 			var list struct {
@@ -279,7 +279,7 @@ func TestPrintJSONAndYAML(t *testing.T) {
 		})
 	}
 	var b bytes.Buffer
-	if err := printList(&b, formatJSON, nil, now, false, false); err != nil {
+	if err := printList(&b, printOptions{format: formatJSON}, nil, now, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := b.String(); got != "{\n  \"items\": []\n}\n" {
@@ -287,7 +287,7 @@ func TestPrintJSONAndYAML(t *testing.T) {
 	}
 	// While watching, each JSON list is one line.
 	b.Reset()
-	if err := printList(&b, formatJSON, fixture(), now, false, true); err != nil {
+	if err := printList(&b, printOptions{format: formatJSON}, fixture(), now, true); err != nil {
 		t.Fatal(err)
 	}
 	if n := strings.Count(b.String(), "\n"); n != 1 {
@@ -387,6 +387,41 @@ func TestPrintable(t *testing.T) {
 	} {
 		if got := printable(in); got != want {
 			t.Errorf("printable(%q) = %s; want %s", in, got, want)
+		}
+	}
+}
+
+// TestPrintScriptFormats: -o name, -o jsonpath and --no-headers, as kubectl get prints them.
+func TestPrintScriptFormats(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    printOptions
+		want string
+	}{
+		{"name", printOptions{format: formatName}, "lock/nightly\nlock/idle\nlock/orders/eu\n"},
+		{"jsonpath", printOptions{format: `jsonpath={range .items[?(@.held==true)]}{.name}={.token}{"\n"}{end}`}, "nightly=12\norders/eu=48211\n"},
+		{"no headers", printOptions{noHeaders: true}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := printList(&b, tc.o, fixture(), now, false); err != nil {
+				t.Fatal(err)
+			}
+			got := b.String()
+			if tc.o.noHeaders {
+				if strings.Contains(got, "HOLDER") || strings.Count(got, "\n") != len(fixture()) {
+					t.Errorf("got\n%s\nwant %d rows and no header", got, len(fixture()))
+				}
+				return
+			}
+			if got != tc.want {
+				t.Errorf("got %q; want %q", got, tc.want)
+			}
+		})
+	}
+	for _, bad := range []string{"jsonpath={.items[", "xml"} {
+		if err := validFormat(bad); err == nil {
+			t.Errorf("validFormat(%q): got nil; want a usage error", bad)
 		}
 	}
 }

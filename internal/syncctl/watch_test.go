@@ -129,7 +129,7 @@ func TestWatchLoop(t *testing.T) {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		errc <- c.watch(ctx, f.cs.CoordinationV1().Leases("ns"), wire.KindLock, listOptions{watch: true}, leaseList("10", withRV(a, "10")))
+		errc <- c.watch(ctx, f.cs.CoordinationV1().Leases("ns"), selector(wire.KindLock), listOptions{watch: true}, leaseList("10", withRV(a, "10")))
 		pw.Close()
 	}()
 	expect := func(what string, want ...string) {
@@ -186,7 +186,7 @@ func TestWatchLoop(t *testing.T) {
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	errc2 := make(chan error, 1)
 	go func() {
-		errc2 <- newCLI("syncctl", io.Discard, io.Discard, clk).watch(ctx2, f2.cs.CoordinationV1().Leases("ns"), wire.KindLock, listOptions{watch: true, format: formatJSON}, leaseList("5"))
+		errc2 <- newCLI("syncctl", io.Discard, io.Discard, clk).watch(ctx2, f2.cs.CoordinationV1().Leases("ns"), selector(wire.KindLock), listOptions{watch: true, printOptions: printOptions{format: formatJSON}}, leaseList("5"))
 	}()
 	f2.next(t, "5")
 	cancel2()
