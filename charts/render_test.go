@@ -184,7 +184,7 @@ func TestRenderDefaults(t *testing.T) {
 		"--sidecar-image=docker.io/metaparticle/sync-elector:0.1.0", "--sidecar-mode=native", "--sidecar-port=13131",
 		"--lease-duration=15s", "--renew-deadline=10s", "--renew-period=5s", "--retry-period=1s",
 		"--sidecar-cpu-request=10m", "--sidecar-memory-limit=64Mi", "--cert-dir=/tls", "--enable-http2=false",
-		"--sidecar-cluster-role=" + release + "-metaparticle-sync-sidecar",
+		"--sidecar-cluster-role=" + release + "-metaparticle-sync-sidecar", "--sidecar-metrics-names=0",
 	} {
 		if !slices.Contains(c.Args, want) {
 			t.Errorf("got args %q; want %q among them", c.Args, want)
@@ -257,9 +257,10 @@ func TestRenderDefaults(t *testing.T) {
 	var injectorRole rbacv1.ClusterRole
 	r.one(t, "ClusterRole", injector, &injectorRole)
 	if !slices.ContainsFunc(injectorRole.Rules, func(r rbacv1.PolicyRule) bool {
-		return slices.Equal(r.APIGroups, []string{"events.k8s.io"}) && slices.Equal(r.Resources, []string{"events"}) && slices.Contains(r.Verbs, "create")
+		return slices.Equal(r.APIGroups, []string{"events.k8s.io"}) && slices.Equal(r.Resources, []string{"events"}) &&
+			slices.Contains(r.Verbs, "create") && slices.Contains(r.Verbs, "patch")
 	}) {
-		t.Errorf("got injector rules %+v; want create on events.k8s.io events (its Events on Pods' controllers)", injectorRole.Rules)
+		t.Errorf("got injector rules %+v; want create and patch (event series) on events.k8s.io events (its Events on Pods' controllers)", injectorRole.Rules)
 	}
 	var role rbacv1.ClusterRole
 	r.one(t, "ClusterRole", release+"-metaparticle-sync-sidecar", &role)

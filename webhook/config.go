@@ -55,9 +55,9 @@ type Config struct {
 	// (names, 200).
 	WatchScope string
 	MaxNames   int
-	// MetricsNames sets the side-car's --metrics-names, per Pod by AnnotationMetricsNames: the
-	// names exported one by one in metaparticle_sync_held, -1 for none. Default 0: the side-car's
-	// default (50).
+	// MetricsNames sets the side-car's --metrics-names (flag --sidecar-metrics-names, per Pod
+	// AnnotationMetricsNames): the names exported one by one in metaparticle_sync_held, -1 for
+	// none. Default 0: the side-car's default (50).
 	MetricsNames int
 	// RunAsUser and RunAsGroup of the side-car: they must match the image's non-root user.
 	// Default 65532 (the distroless "nonroot" user).

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"fmt"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,7 +38,8 @@ const maxNote = 1024
 // controller (its ReplicaSet, StatefulSet, Job, DaemonSet…), where people who apply a Deployment
 // look (kubectl describe, kubectl events): an admission warning reaches only whoever created the
 // Pod, which for most Pods is a controller. Bare Pods get no Event (their creator sees the
-// warnings and the denial), nor do dry-run requests (the webhook declares sideEffects: None).
+// warnings and the denial), nor do dry-run requests (the webhooks declare sideEffects: NoneOnDryRun: an Event is
+// their only side effect).
 func (in *Injector) WithEvents(r events.EventRecorder) *Injector {
 	c := *in
 	c.events = r
@@ -74,7 +76,11 @@ func (in *Injector) record(target *metav1.PartialObjectMetadata, eventType, reas
 		return
 	}
 	if len(note) > maxNote {
-		note = note[:maxNote-3] + "..."
+		cut := maxNote - 3
+		for cut > 0 && !utf8.RuneStart(note[cut]) {
+			cut--
+		}
+		note = note[:cut] + "..."
 	}
 	in.events.Eventf(target, nil, eventType, reason, eventAction, "%s", note)
 }

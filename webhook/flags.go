@@ -55,6 +55,8 @@ func BindConfigFlags(fs *flag.FlagSet, defaults Config) *ConfigFlags {
 	fs.StringVar(&c.LogLevel, "sidecar-log-level", c.LogLevel, "side-car log level: info or debug")
 	fs.Int64Var(&c.RunAsUser, "sidecar-uid", c.RunAsUser, "side-car runAsUser (the image's non-root user)")
 	fs.Int64Var(&c.RunAsGroup, "sidecar-gid", c.RunAsGroup, "side-car runAsGroup (the image's non-root group)")
+	fs.IntVar(&c.MetricsNames, "sidecar-metrics-names", c.MetricsNames,
+		"names each side-car exports in metaparticle_sync_held (its --metrics-names): -1 for none, 0 for the side-car's default (50)")
 	fs.StringVar(&c.SidecarClusterRole, "sidecar-cluster-role", c.SidecarClusterRole, "ClusterRole that the RBAC warning tells users to bind")
 	return f
 }

@@ -63,6 +63,7 @@ func TestConfigFlagsHelp(t *testing.T) {
 		"sidecar-uid":               {"65532", "side-car runAsUser (the image's non-root user)"},
 		"sidecar-gid":               {"65532", "side-car runAsGroup (the image's non-root group)"},
 		"sidecar-cluster-role":      {"metaparticle-sync-sidecar", "ClusterRole that the RBAC warning tells users to bind"},
+		"sidecar-metrics-names":     {"0", "names each side-car exports in metaparticle_sync_held (its --metrics-names): -1 for none, 0 for the side-car's default (50)"},
 	}
 	n := 0
 	fs.VisitAll(func(f *flag.Flag) {

@@ -16,7 +16,7 @@ import (
 
 // fuzzKeys are the annotations the fuzzer sets, in the order of FuzzInject's string arguments.
 var fuzzKeys = []string{
-	webhook.AnnotationInject, webhook.AnnotationMode, webhook.AnnotationPort, webhook.AnnotationImage, webhook.AnnotationMetricsNames,
+	webhook.AnnotationInject, webhook.AnnotationMode, webhook.AnnotationPort, webhook.AnnotationImage,
 	webhook.AnnotationCPURequest, webhook.AnnotationMemoryLimit, webhook.AnnotationLeaseDuration,
 	webhook.AnnotationRenewDeadline, webhook.AnnotationLogLevel,
 }

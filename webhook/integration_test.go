@@ -375,7 +375,7 @@ func TestIntegrationInjection(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(list.Items) != 0 {
-			t.Errorf("got %d Events for a dry-run create; want none (sideEffects: None)", len(list.Items))
+			t.Errorf("got %d Events for a dry-run create; want none (sideEffects: NoneOnDryRun)", len(list.Items))
 		}
 	})
 

@@ -212,6 +212,9 @@ func (c *cli) client() (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, explainConfig(err)
 	}
+	if c.overrides.AuthInfo.Token != "" {
+		cfg.BearerTokenFile = "" // --token wins over the kubeconfig's tokenFile, as in kubectl
+	}
 	cfg.WarningHandler = rest.NoWarnings{}
 	cfg.UserAgent = "metaparticle-syncctl"
 	c.host = cfg.Host

@@ -319,8 +319,8 @@ func TestIntegrationList(t *testing.T) {
 	if out := cli(t, "locks", "-n", ns, "-o", "name").ok(t, "locks -o name"); out != "lock/Idle Lock\nlock/orders/eu\n" && out != "lock/orders/eu\nlock/Idle Lock\n" {
 		t.Errorf("locks -o name: got %q; want lock/orders/eu and lock/Idle Lock", out)
 	}
-	if out := cli(t, "locks", "-n", ns, "-l", "metaparticle.io/kind=election").ok(t, "locks -l"); out != "No resources found.\n" {
-		t.Errorf("locks -l metaparticle.io/kind=election: got %q; want no locks", out)
+	if r := cli(t, "locks", "-n", ns, "-l", "metaparticle.io/kind=election"); r.code != 0 || r.stdout != "" || r.stderr != "No resources found.\n" {
+		t.Errorf("locks -l metaparticle.io/kind=election: got exit %d, stdout %q, stderr %q; want no locks, said on stderr", r.code, r.stdout, r.stderr)
 	}
 	if out := cli(t, "elections", "-n", ns, "-l", "metaparticle.io/kind=election", "--no-headers").ok(t, "elections -l --no-headers"); strings.Contains(out, "HOLDER") || !strings.Contains(out, "scheduler") {
 		t.Errorf("elections -l --no-headers: got %q; want the scheduler row and no header", out)
@@ -340,8 +340,8 @@ func TestIntegrationList(t *testing.T) {
 	checkRow(t, table, row(table, "", "orders/eu"), "orders/eu", orders.Holder, orders.Token)
 
 	// An empty namespace.
-	if out := cli(t, "locks", "-n", env.Namespace(t)).ok(t, "locks in an empty namespace"); out != "No resources found.\n" {
-		t.Errorf("locks in an empty namespace: got %q", out)
+	if r := cli(t, "locks", "-n", env.Namespace(t)); r.code != 0 || r.stdout != "" || r.stderr != "No resources found.\n" {
+		t.Errorf("locks in an empty namespace: got exit %d, stdout %q, stderr %q; want nothing on stdout and the notice on stderr", r.code, r.stdout, r.stderr)
 	}
 }
 

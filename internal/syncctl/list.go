@@ -115,7 +115,12 @@ func (c *cli) list(ctx context.Context, kind wire.Kind, o listOptions) error {
 		return c.explain(err)
 	}
 	if !o.watch {
-		return printList(c.out, o.printOptions, itemsOf(l), c.clock.Now(), false)
+		items := itemsOf(l)
+		if len(items) == 0 && (o.format == formatTable || o.format == formatWide) {
+			// As kubectl: on stderr, so that scripts reading the table see no lines.
+			fmt.Fprintln(c.errOut, "No resources found.")
+		}
+		return printList(c.out, o.printOptions, items, c.clock.Now(), false)
 	}
 	return c.watch(ctx, leases, sel, o, l)
 }

@@ -120,8 +120,7 @@ func printList(w io.Writer, o printOptions, items []Item, now time.Time, compact
 		return writeJSONPath(w, tmpl, List{Items: items})
 	}
 	if len(items) == 0 && !compact {
-		_, err := fmt.Fprintln(w, "No resources found.")
-		return err
+		return nil // the caller says "No resources found." on stderr, as kubectl does
 	}
 	return printTable(w, items, now, o.allNamespaces, o.format == formatWide, o.noHeaders)
 }
@@ -137,6 +136,7 @@ func writeJSONPath(w io.Writer, tmpl string, v any) error {
 		return err
 	}
 	jp := jsonpath.New("o")
+	jp.AllowMissingKeys(true) // as kubectl: a free lock has no holder
 	if err := jp.Parse(tmpl); err != nil {
 		return usagef("-o jsonpath: %v", err)
 	}

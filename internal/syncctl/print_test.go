@@ -208,7 +208,6 @@ NAME             HOLDER   SESSION   HELD SINCE   TOKEN   EXPIRES IN (EST.)
 		name:  "empty",
 		items: nil,
 		want: `
-No resources found.
 `,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -401,6 +400,7 @@ func TestPrintScriptFormats(t *testing.T) {
 		{"name", printOptions{format: formatName}, "lock/nightly\nlock/idle\nlock/orders/eu\n"},
 		{"jsonpath", printOptions{format: `jsonpath={range .items[?(@.held==true)]}{.name}={.token}{"\n"}{end}`}, "nightly=12\norders/eu=48211\n"},
 		{"no headers", printOptions{noHeaders: true}, ""},
+		{"jsonpath of a missing key", printOptions{format: "jsonpath={.items[1].holder}"}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer

@@ -141,7 +141,7 @@ func (c *cli) sidecars(ctx context.Context, o sidecarsOptions) error {
 		return writeYAML(c.out, list, false)
 	}
 	if len(list.Items) == 0 {
-		_, err := fmt.Fprintln(c.out, "No resources found.")
+		_, err := fmt.Fprintln(c.errOut, "No resources found.")
 		return err
 	}
 	return printSidecars(c.out, list.Items, o.allNamespaces)

@@ -36,8 +36,8 @@ func (c *cli) versionCommand() *cobra.Command {
 		Use:   "version",
 		Short: "Print syncctl's release and the release of each injector in the cluster",
 		Long: fmt.Sprintf(`Print syncctl's release and, unless --client, the release of every injector Deployment of
-the cluster (labelled %s), from its app.kubernetes.io/version label. It needs list on
-deployments in every namespace. Side-cars older than the injector are found with the Pod
+the cluster (labelled %s, as the chart labels it unless nameOverride is set),
+from its app.kubernetes.io/version label. It needs list on deployments in every namespace. Side-cars older than the injector are found with the Pod
 annotation metaparticle.io/injector-version (docs/install.md, Upgrade).`, injectorSelector),
 		Example: c.examples(`
   %[1]s version

@@ -1,6 +1,6 @@
 // Package version is the release of Metaparticle Sync that a binary belongs to: the chart's
 // appVersion, which is also the tag of the images (make images). The injector records it on
-// every Pod it injects (metaparticle.io/sidecar-version), so that Pods with a side-car older
+// every Pod it injects (metaparticle.io/injector-version), so that Pods with a side-car older
 // than the injector can be found after an upgrade.
 package version
 
