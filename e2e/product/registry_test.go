@@ -3,6 +3,7 @@ package product
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net/http"
 	"os"
 	"slices"
@@ -93,9 +94,21 @@ func TestInstalledFromRegistry(t *testing.T) {
 	if len(injected.Items) == 0 || injected.Items[0].Regarding.Kind != "ReplicaSet" {
 		t.Errorf("got %d %s Events in %s; want the injector's, on the ReplicaSets", len(injected.Items), webhook.ReasonInjected, docsNamespace)
 	}
-	// Each side-car serves the per-name gauge on the port the chart's PodMonitor scrapes.
+	// Each side-car serves the per-name gauge on the port the chart's PodMonitor scrapes (by
+	// name; the API server's Pod proxy takes its number).
 	for _, p := range apps.Items {
-		body, err := cluster.Clientset.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, webhook.HealthPortName, "/metrics", nil).DoRaw(ctx)
+		port := ""
+		for _, c := range p.Spec.InitContainers {
+			for _, cp := range c.Ports {
+				if c.Name == webhook.SidecarName && cp.Name == webhook.HealthPortName {
+					port = fmt.Sprint(cp.ContainerPort)
+				}
+			}
+		}
+		if port == "" {
+			t.Fatalf("pod %s: the side-car has no port named %s; want the one the PodMonitor scrapes", p.Name, webhook.HealthPortName)
+		}
+		body, err := cluster.Clientset.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, port, "/metrics", nil).DoRaw(ctx)
 		if err != nil {
 			t.Fatalf("pod %s: /metrics through the API server's proxy: %v", p.Name, err)
 		}
