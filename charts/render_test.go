@@ -26,6 +26,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/internal/testenv"
 	"github.com/metaparticle-io/sync/webhook"
 )
@@ -264,9 +265,9 @@ func TestRenderDefaults(t *testing.T) {
 	}
 	var role rbacv1.ClusterRole
 	r.one(t, "ClusterRole", release+"-metaparticle-sync-sidecar", &role)
-	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Verbs, webhook.SidecarLeaseVerbs) ||
+	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Verbs, contract.SidecarLeaseVerbs) ||
 		!slices.Equal(role.Rules[0].Resources, []string{"leases"}) {
-		t.Errorf("got side-car rules %+v; want exactly %v on leases", role.Rules, webhook.SidecarLeaseVerbs)
+		t.Errorf("got side-car rules %+v; want exactly %v on leases", role.Rules, contract.SidecarLeaseVerbs)
 	}
 
 	kinds := map[string]int{}
@@ -410,8 +411,8 @@ func TestRenderMonitors(t *testing.T) {
 		t.Fatalf("got %d PodMonitors; want 1", len(pm))
 	}
 	sel, _, _ := unstructured.NestedStringMap(pm[0].Object, "spec", "selector", "matchLabels")
-	if !maps.Equal(sel, map[string]string{webhook.LabelInjected: "true"}) {
-		t.Errorf("got PodMonitor selector %v; want the injector's label %s=true", sel, webhook.LabelInjected)
+	if !maps.Equal(sel, map[string]string{contract.LabelInjected: "true"}) {
+		t.Errorf("got PodMonitor selector %v; want the injector's label %s=true", sel, contract.LabelInjected)
 	}
 	names, _, _ := unstructured.NestedStringSlice(pm[0].Object, "spec", "namespaceSelector", "matchNames")
 	if !slices.Equal(names, []string{"shop"}) {

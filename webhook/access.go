@@ -7,21 +7,11 @@ import (
 	"sync"
 	"time"
 
-	authorizationv1 "k8s.io/api/authorization/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	authorizationclient "k8s.io/client-go/kubernetes/typed/authorization/v1"
 	"k8s.io/utils/clock"
+
+	"github.com/metaparticle-io/sync/internal/leaseaccess"
 )
-
-// SidecarLeaseVerbs are the verbs the side-car uses on coordination.k8s.io Leases in its own
-// namespace: the watches of the Leases in use (list, watch), the first grant of a name (create), grants, renewals and
-// releases (update), and the deletion of idle Leases (delete). deploy/rbac/sidecar-role.yaml and
-// the chart grant exactly these. Locks work without delete (see idleVerb).
-var SidecarLeaseVerbs = []string{"list", "watch", "create", "update", idleVerb}
-
-// idleVerb is the one verb the side-car can do without: without it, idle Leases are not deleted
-// and accumulate in the namespace.
-const idleVerb = "delete"
 
 // AccessChecker asks the API server, with SubjectAccessReviews, whether a service account may use
 // Leases as the side-car does. Answers (not errors) are cached for a TTL per namespace and service
@@ -55,7 +45,7 @@ func NewAccessChecker(reviews authorizationclient.SubjectAccessReviewInterface, 
 }
 
 // MissingVerbs returns the Lease verbs that serviceAccount in namespace is not allowed, in
-// SidecarLeaseVerbs order; nil means it has them all.
+// contract.SidecarLeaseVerbs order; nil means it has them all.
 func (a *AccessChecker) MissingVerbs(ctx context.Context, namespace, serviceAccount string) ([]string, error) {
 	key := namespace + "/" + serviceAccount
 	now := a.clock.Now()
@@ -66,23 +56,9 @@ func (a *AccessChecker) MissingVerbs(ctx context.Context, namespace, serviceAcco
 		return e.missing, nil
 	}
 
-	user := "system:serviceaccount:" + namespace + ":" + serviceAccount
-	var missing []string
-	for _, verb := range SidecarLeaseVerbs {
-		review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-			User:   user,
-			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
-			ResourceAttributes: &authorizationv1.ResourceAttributes{
-				Namespace: namespace, Verb: verb, Group: "coordination.k8s.io", Resource: "leases",
-			},
-		}}
-		got, err := a.reviews.Create(ctx, review, metav1.CreateOptions{})
-		if err != nil {
-			return nil, fmt.Errorf("subject access review for %s %s leases: %w", user, verb, err)
-		}
-		if !got.Status.Allowed {
-			missing = append(missing, verb)
-		}
+	missing, err := leaseaccess.MissingVerbs(ctx, a.reviews, namespace, serviceAccount)
+	if err != nil {
+		return nil, err
 	}
 	a.mu.Lock()
 	a.cache[key] = accessEntry{missing: missing, expires: now.Add(a.ttl)}
@@ -94,11 +70,10 @@ func (a *AccessChecker) MissingVerbs(ctx context.Context, namespace, serviceAcco
 // the side-car cannot do without them and gives the exact RoleBinding to create.
 func rbacWarning(namespace, serviceAccount, clusterRole string, missing []string) string {
 	consequence := "cannot take locks"
-	if len(missing) == 1 && missing[0] == idleVerb {
+	if leaseaccess.OnlyIdleVerbMissing(missing) {
 		consequence = "cannot delete idle Leases, which then accumulate in the namespace (locks work); add delete to the Role bound to it, or bind the ClusterRole"
 	}
-	return fmt.Sprintf("service account %s/%s may not %s leases in namespace %s, so the metaparticle-sync side-car %s: "+
-		"kubectl create rolebinding %s-metaparticle-sync --namespace %s --clusterrole %s --serviceaccount %s:%s",
+	return fmt.Sprintf("service account %s/%s may not %s leases in namespace %s, so the metaparticle-sync side-car %s: %s",
 		namespace, serviceAccount, strings.Join(missing, ", "), namespace, consequence,
-		serviceAccount, namespace, clusterRole, namespace, serviceAccount)
+		leaseaccess.RoleBindingCommand(namespace, serviceAccount, clusterRole))
 }

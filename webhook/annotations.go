@@ -18,15 +18,12 @@ const (
 	// AnnotationInject opts a Pod in: "true" injects, "false" (or no annotation) leaves the Pod
 	// alone; any other value is denied. In a namespace labelled LabelNamespaceInject, a Pod
 	// without the annotation is injected too, and "false" opts it out.
-	AnnotationInject = "metaparticle.io/sync"
+	AnnotationInject = contract.AnnotationInject
 	// AnnotationStatus is written by the injector on every Pod it injected, with the value
 	// StatusInjected. A Pod that carries it with that value is never injected again.
 	AnnotationStatus = "metaparticle.io/sync-status"
-	// AnnotationInjectedImage and AnnotationInjectorVersion are written with AnnotationStatus:
-	// the side-car image the Pod got, and the release of the injector that added it
-	// (internal/version), so that Pods with an older side-car can be found after an upgrade.
-	AnnotationInjectedImage   = "metaparticle.io/injected-image"
-	AnnotationInjectorVersion = "metaparticle.io/injector-version"
+	// With AnnotationStatus, the injector writes contract.AnnotationInjectedImage and
+	// contract.AnnotationInjectorVersion, and sets the label contract.LabelInjected.
 
 	AnnotationImage         = "metaparticle.io/sidecar-image"
 	AnnotationMode          = "metaparticle.io/sidecar-mode"
@@ -44,10 +41,6 @@ const (
 	AnnotationMaxNames      = "metaparticle.io/max-names"
 	AnnotationMetricsNames  = "metaparticle.io/metrics-names"
 )
-
-// LabelInjected, with the value "true", is set on every Pod the injector injected, to select them:
-// kubectl get pods -A -l metaparticle.io/injected=true.
-const LabelInjected = "metaparticle.io/injected"
 
 // LabelNamespaceInject, with the value "true" on a Namespace, opts in every Pod created in it
 // that does not say AnnotationInject: "false". The MutatingWebhookConfiguration's second webhook

@@ -88,7 +88,7 @@ func DefaultConfig(image string) Config {
 		LogLevel:           "info",
 		RunAsUser:          65532,
 		RunAsGroup:         65532,
-		SidecarClusterRole: "metaparticle-sync-sidecar",
+		SidecarClusterRole: contract.SidecarClusterRole,
 	}
 }
 

@@ -45,8 +45,8 @@ type Result struct {
 // Inject adds the side-car to pod, in place, as c and the Pod's annotations say, and reports what
 // it did. It modifies pod's containers, init containers, annotations and labels (the side-car,
 // the lock API address in every container that does not set it, AnnotationStatus,
-// AnnotationInjectedImage, AnnotationInjectorVersion, LabelInjected), and nothing else: it
-// makes no API calls and reads no clock, so the same pod and c always give the same result.
+// contract.AnnotationInjectedImage, contract.AnnotationInjectorVersion,
+// contract.LabelInjected), and nothing else: it makes no API calls and reads no clock, so the same pod and c always give the same result.
 //
 // It returns an error, which the webhook turns into a denial, when an annotation is invalid or the
 // Pod cannot take the side-car safely; pod is then left unchanged and the Result is zero. A Pod
@@ -110,12 +110,12 @@ func inject(pod *corev1.Pod, c Config, namespaceOptedIn bool) (Result, error) {
 		pod.Annotations = map[string]string{}
 	}
 	pod.Annotations[AnnotationStatus] = StatusInjected
-	pod.Annotations[AnnotationInjectedImage] = c.Image
-	pod.Annotations[AnnotationInjectorVersion] = version.Version
+	pod.Annotations[contract.AnnotationInjectedImage] = c.Image
+	pod.Annotations[contract.AnnotationInjectorVersion] = version.Version
 	if pod.Labels == nil {
 		pod.Labels = map[string]string{}
 	}
-	pod.Labels[LabelInjected] = "true"
+	pod.Labels[contract.LabelInjected] = "true"
 	return Result{Action: ActionInjected, Warnings: warnings}, nil
 }
 

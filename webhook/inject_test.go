@@ -78,14 +78,14 @@ func injectedAs(mode webhook.Mode) check {
 		}
 		s, native := sidecar(after)
 		// What was injected is recorded on the Pod, and the Pod can be selected.
-		if got := after.Annotations[webhook.AnnotationInjectedImage]; got != s.Image {
-			t.Errorf("got %s %q; want the side-car's image %q", webhook.AnnotationInjectedImage, got, s.Image)
+		if got := after.Annotations[contract.AnnotationInjectedImage]; got != s.Image {
+			t.Errorf("got %s %q; want the side-car's image %q", contract.AnnotationInjectedImage, got, s.Image)
 		}
-		if got := after.Annotations[webhook.AnnotationInjectorVersion]; got != version.Version {
-			t.Errorf("got %s %q; want %q", webhook.AnnotationInjectorVersion, got, version.Version)
+		if got := after.Annotations[contract.AnnotationInjectorVersion]; got != version.Version {
+			t.Errorf("got %s %q; want %q", contract.AnnotationInjectorVersion, got, version.Version)
 		}
-		if got := after.Labels[webhook.LabelInjected]; got != "true" {
-			t.Errorf("got label %s %q; want \"true\"", webhook.LabelInjected, got)
+		if got := after.Labels[contract.LabelInjected]; got != "true" {
+			t.Errorf("got label %s %q; want \"true\"", contract.LabelInjected, got)
 		}
 		if native != (mode == webhook.ModeNative) {
 			t.Errorf("got native=%v; want mode %s", native, mode)

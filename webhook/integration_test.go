@@ -3,18 +3,14 @@ package webhook_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -28,9 +24,8 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
-	"sigs.k8s.io/yaml"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/internal/testenv"
 	"github.com/metaparticle-io/sync/webhook"
 )
@@ -61,38 +56,7 @@ func (l *podLog) count(name string) int {
 	return n
 }
 
-// shippedWebhookConfiguration reads deploy/webhook/mutatingwebhookconfiguration.yaml, the file the
-// chart ships.
-func shippedWebhookConfiguration() (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
-	root, err := testenv.ModuleRoot()
-	if err != nil {
-		return nil, err
-	}
-	b, err := os.ReadFile(filepath.Join(root, "deploy", "webhook", "mutatingwebhookconfiguration.yaml"))
-	if err != nil {
-		return nil, err
-	}
-	var mwc admissionregistrationv1.MutatingWebhookConfiguration
-	if err := yaml.UnmarshalStrict(b, &mwc); err != nil {
-		return nil, err
-	}
-	return &mwc, nil
-}
-
-func TestMain(m *testing.M) {
-	mwc, err := shippedWebhookConfiguration()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "loading the webhook configuration:", err)
-		os.Exit(1)
-	}
-	// envtest turns the Service into https://<local host:port>/<path>: the API server calls
-	// 127.0.0.1, never a Service IP.
-	for i := range mwc.Webhooks {
-		p := strings.TrimPrefix(*mwc.Webhooks[i].ClientConfig.Service.Path, "/")
-		mwc.Webhooks[i].ClientConfig.Service.Path = &p
-	}
-	testenv.Main(m, &env, testenv.WithWebhooks(mwc))
-}
+func TestMain(m *testing.M) { testenv.MainWithShippedWebhooks(m, &env) }
 
 // startInjector serves the injector's webhook on the local serving address envtest registered.
 func startInjector(t *testing.T) {
@@ -113,20 +77,10 @@ func startInjector(t *testing.T) {
 			return
 		}
 		in = in.WithEvents(broadcaster.NewRecorder(clientgoscheme.Scheme, webhook.EventReporter))
-		srv := crwebhook.NewServer(crwebhook.Options{
-			Host: env.Webhook.LocalServingHost, Port: env.Webhook.LocalServingPort, CertDir: env.Webhook.LocalServingCertDir,
+		startErr = env.ServeWebhooks(context.Background(), map[string]http.Handler{
+			webhook.Path:          counted(webhook.NewWebhook(in), seen),
+			webhook.NamespacePath: counted(webhook.NewWebhook(in.ForOptedInNamespaces()), seenNamespace),
 		})
-		srv.Register(webhook.Path, counted(webhook.NewWebhook(in), seen))
-		srv.Register(webhook.NamespacePath, counted(webhook.NewWebhook(in.ForOptedInNamespaces()), seenNamespace))
-		go func() { _ = srv.Start(context.Background()) }()
-		deadline := time.Now().Add(30 * time.Second)
-		for srv.StartedChecker()(nil) != nil {
-			if time.Now().After(deadline) {
-				startErr = fmt.Errorf("webhook server did not start")
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
 	})
 	if startErr != nil {
 		t.Fatal(startErr)
@@ -225,18 +179,18 @@ func TestIntegrationInjection(t *testing.T) {
 			t.Errorf("got %d webhook calls for the annotated Pod; want at least 1", got)
 		}
 		// The stored Pod records what it got, and the label selects it.
-		if got := pod.Annotations[webhook.AnnotationInjectedImage]; got != testImage {
-			t.Errorf("got %s %q; want %q", webhook.AnnotationInjectedImage, got, testImage)
+		if got := pod.Annotations[contract.AnnotationInjectedImage]; got != testImage {
+			t.Errorf("got %s %q; want %q", contract.AnnotationInjectedImage, got, testImage)
 		}
 		if err := env.Client.Create(ctx, newPod(named("not-injected"), inNamespace(ns))); err != nil {
 			t.Fatal(err)
 		}
 		var list corev1.PodList
-		if err := env.Client.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{webhook.LabelInjected: "true"}); err != nil {
+		if err := env.Client.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{contract.LabelInjected: "true"}); err != nil {
 			t.Fatal(err)
 		}
 		if len(list.Items) != 1 || list.Items[0].Name != "annotated" {
-			t.Errorf("got %d Pods labelled %s=true; want only the injected one", len(list.Items), webhook.LabelInjected)
+			t.Errorf("got %d Pods labelled %s=true; want only the injected one", len(list.Items), contract.LabelInjected)
 		}
 	})
 
@@ -416,7 +370,7 @@ func TestIntegrationInjection(t *testing.T) {
 		}
 		role := &rbacv1.Role{
 			ObjectMeta: metav1.ObjectMeta{Name: "leases", Namespace: ns},
-			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: webhook.SidecarLeaseVerbs}},
+			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: contract.SidecarLeaseVerbs}},
 		}
 		binding := &rbacv1.RoleBinding{
 			ObjectMeta: metav1.ObjectMeta{Name: "leases", Namespace: ns},

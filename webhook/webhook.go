@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -113,7 +114,7 @@ func (in *Injector) Default(ctx context.Context, pod *corev1.Pod) error {
 	}
 	rec.outcome = OutcomeInjected
 	rec.warnings = append(rec.warnings, res.Warnings...)
-	in.record(target, corev1.EventTypeNormal, ReasonInjected, injectedNote(pod, pod.Annotations[AnnotationInjectedImage]))
+	in.record(target, corev1.EventTypeNormal, ReasonInjected, injectedNote(pod, pod.Annotations[contract.AnnotationInjectedImage]))
 
 	if in.access != nil {
 		namespace := pod.Namespace

@@ -21,6 +21,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/webhook"
 )
 
@@ -204,18 +205,18 @@ func TestAccessCheckerCaches(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(missing) != len(webhook.SidecarLeaseVerbs) {
-			t.Fatalf("got missing %v; want all of %v", missing, webhook.SidecarLeaseVerbs)
+		if len(missing) != len(contract.SidecarLeaseVerbs) {
+			t.Fatalf("got missing %v; want all of %v", missing, contract.SidecarLeaseVerbs)
 		}
 	}
-	if got, want := calls.Load(), int32(len(webhook.SidecarLeaseVerbs)); got != want {
+	if got, want := calls.Load(), int32(len(contract.SidecarLeaseVerbs)); got != want {
 		t.Errorf("got %d reviews for 50 admissions; want %d", got, want)
 	}
 	clk.Step(31e9)
 	if _, err := access.MissingVerbs(ctx, "ns", "bare"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := calls.Load(), int32(2*len(webhook.SidecarLeaseVerbs)); got != want {
+	if got, want := calls.Load(), int32(2*len(contract.SidecarLeaseVerbs)); got != want {
 		t.Errorf("got %d reviews after the cache expired; want %d", got, want)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/internal/localcluster"
 	"github.com/metaparticle-io/sync/webhook"
 )
@@ -81,9 +82,9 @@ func TestInstalledFromRegistry(t *testing.T) {
 	}
 	// The injector recorded what it injected, as docs/install.md's upgrade steps read it.
 	for _, p := range apps.Items {
-		if got, want := p.Annotations[webhook.AnnotationInjectedImage], prefix+"sync-elector:0.1.0"; got != want || p.Labels[webhook.LabelInjected] != "true" {
+		if got, want := p.Annotations[contract.AnnotationInjectedImage], prefix+"sync-elector:0.1.0"; got != want || p.Labels[contract.LabelInjected] != "true" {
 			t.Errorf("pod %s/%s: got %s %q, label %s %q; want %q and \"true\"", p.Namespace, p.Name,
-				webhook.AnnotationInjectedImage, got, webhook.LabelInjected, p.Labels[webhook.LabelInjected], want)
+				contract.AnnotationInjectedImage, got, contract.LabelInjected, p.Labels[contract.LabelInjected], want)
 		}
 	}
 	// The injector recorded an Event on the page's ReplicaSets (the chart grants it events).

@@ -150,7 +150,7 @@ func TestRBACVerbs(t *testing.T) {
 	if err := yaml.Unmarshal(b, &role); err != nil {
 		t.Fatal(err)
 	}
-	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Verbs, webhook.SidecarLeaseVerbs) {
-		t.Errorf("got deploy/rbac verbs %+v; want %v (webhook.SidecarLeaseVerbs)", role.Rules, webhook.SidecarLeaseVerbs)
+	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Verbs, contract.SidecarLeaseVerbs) {
+		t.Errorf("got deploy/rbac verbs %+v; want %v (contract.SidecarLeaseVerbs)", role.Rules, contract.SidecarLeaseVerbs)
 	}
 }

@@ -128,7 +128,8 @@ It reads the coordination.k8s.io/v1 Leases labelled
 with the kubeconfig and context kubectl would use (--kubeconfig, $KUBECONFIG, ~/.kube/config;
 --context, -n). It needs get, list and watch on leases, get on pods for describe, and list
 on pods and get on pods/proxy for sidecars, which asks each side-car of the namespace for its
-health: whether it serves, and the API server trouble it has seen.
+health: whether it serves, and the API server trouble it has seen. check tests the install and
+a namespace (see its --help for what it reads).
 
 To use it as the kubectl plugin "kubectl sync", build it as %s into a directory on
 your PATH:
@@ -146,6 +147,9 @@ your PATH:
   # Each side-car's health, and the API server trouble it has seen
   %[1]s sidecars -n shop
 
+  # Does the install work, and can the Pods of namespace shop use it?
+  %[1]s check -n shop
+
   # For scripts: the token of every held lock
   %[1]s locks -o json | jq -r '.items[] | select(.held) | .name + " " + .token'`),
 		SilenceErrors: true,
@@ -160,7 +164,7 @@ your PATH:
 			return usagef("unknown command %q", args[0])
 		},
 		RunE: func(*cobra.Command, []string) error {
-			return usagef("missing command: locks, elections, describe, sidecars or version")
+			return usagef("missing command: locks, elections, describe, sidecars, check or version")
 		},
 	}
 	root.SuggestionsMinimumDistance = 2
@@ -174,7 +178,7 @@ your PATH:
 	root.PersistentFlags().StringVar(&c.kubeconfig, clientcmd.RecommendedConfigPathFlag, "", "Path to the kubeconfig file to use for CLI requests.")
 	clientcmd.BindOverrideFlags(&c.overrides, root.PersistentFlags(), clientcmd.RecommendedConfigOverrideFlags(""))
 
-	root.AddCommand(c.listCommand(kindLock), c.listCommand(kindElection), c.describeCommand(), c.sidecarsCommand(), c.versionCommand())
+	root.AddCommand(c.listCommand(kindLock), c.listCommand(kindElection), c.describeCommand(), c.sidecarsCommand(), c.checkCommand(), c.versionCommand())
 	return root
 }
 
@@ -201,6 +205,16 @@ func (c *cli) loader() clientcmd.ClientConfig {
 
 // client loads the kubeconfig the way kubectl does and returns a clientset.
 func (c *cli) client() (kubernetes.Interface, error) {
+	cfg, err := c.restConfig()
+	if err != nil {
+		return nil, err
+	}
+	return c.clientFor(cfg)
+}
+
+// restConfig loads the kubeconfig the way kubectl does, with the connection flags over it; API
+// warnings are not shown.
+func (c *cli) restConfig() (*rest.Config, error) {
 	// Like kubectl, client-go falls back to http://localhost:8080 when nothing is configured;
 	// say what is missing instead of failing to connect there.
 	loader := c.loader()
@@ -218,6 +232,11 @@ func (c *cli) client() (kubernetes.Interface, error) {
 	cfg.WarningHandler = rest.NoWarnings{}
 	cfg.UserAgent = "metaparticle-syncctl"
 	c.host = cfg.Host
+	return cfg, nil
+}
+
+// clientFor returns a clientset for cfg (from restConfig).
+func (c *cli) clientFor(cfg *rest.Config) (kubernetes.Interface, error) {
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, explainConfig(err)

@@ -12,6 +12,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
 
 	"github.com/metaparticle-io/sync/wire"
 )
@@ -48,7 +49,7 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, `error: missing command: locks, elections, describe, sidecars or version (see 'kubectl sync --help')`},
+		{nil, `error: missing command: locks, elections, describe, sidecars, check or version (see 'kubectl sync --help')`},
 		{[]string{"sidecars", "-o", "wide"}, `error: unknown output format "wide": use json or yaml (see 'kubectl sync sidecars --help')`},
 		{[]string{"health", "x"}, `error: "sidecars" takes no arguments, got "x" (see 'kubectl sync sidecars --help')`},
 		{[]string{"lcks"}, `error: unknown command "lcks" (did you mean "locks"?) (see 'kubectl sync --help')`},
@@ -164,7 +165,7 @@ func TestViewChanges(t *testing.T) {
 		v.set(held)
 	})
 	step("another holder takes over", true, func() {
-		held.Spec.HolderIdentity = ptr("p-1/" + session)
+		held.Spec.HolderIdentity = ptr.To("p-1/" + session)
 		held.Annotations["metaparticle.io/fencing-token"] = "11"
 		v.set(held)
 	})

@@ -26,6 +26,8 @@ func TestSyncctlLinksNoSidecar(t *testing.T) {
 		{"k8s.io/client-go/informers", "client-go's informer factories; syncctl lists and watches directly"},
 		{"k8s.io/cli-runtime", "kubectl's resource builder, which links kustomize; clientcmd binds kubectl's flags"},
 		{"sigs.k8s.io/kustomize", "kustomize, which a read-only CLI never runs"},
+		{"github.com/metaparticle-io/sync/webhook", "the injector; syncctl check shares internal/contract and internal/leaseaccess with it"},
+		{"sigs.k8s.io/controller-runtime", "controller-runtime, which only the injector needs"},
 	}
 	deps := strings.Fields(string(out))
 	if len(deps) == 0 || deps[len(deps)-1] != cmd {

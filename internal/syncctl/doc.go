@@ -6,9 +6,16 @@
 //	syncctl locks [-n NS | -A] [-w] [-o json|yaml|wide]
 //	syncctl elections [-n NS | -A] [-w] [-o json|yaml|wide]   (alias: leaders)
 //	syncctl describe NAME [--kind lock|election] [-o json|yaml]
+//	syncctl sidecars [-n NS | -A] [-o json|yaml]
+//	syncctl check [-n NS | -A] [--service-account SA]... [-o json|yaml]
+//	syncctl version [--client] [-o json|yaml]
 //
-// It reads only: get, list and watch on leases, and get on pods for describe. The kubeconfig,
-// context and namespace are chosen as kubectl chooses them (client-go's clientcmd, with kubectl's flags).
+// It writes nothing. locks, elections and describe need get, list and watch on leases (and get
+// on pods for describe); sidecars lists pods and reads pods/proxy; check (check.go) also reads
+// the webhook configuration, the injector's Service, Deployment and serving Secret, and sends a
+// server-side dry-run Pod create and SubjectAccessReviews, neither of which is ever stored. The
+// kubeconfig, context and namespace are chosen as kubectl chooses them (client-go's clientcmd,
+// with kubectl's flags).
 // Leases are selected by the side-car's labels (contract.LabelManagedBy, contract.LabelKind) and
 // named by its annotations (contract.AnnotationName, contract.AnnotationToken); see docs/api.md.
 //
@@ -28,6 +35,6 @@
 //
 // Every error is one line on standard error: 2 for a usage error (unknown command or flag, bad
 // argument), 1 when the command failed (no cluster configured or reachable, unauthorized,
-// forbidden, not found). Ctrl-C ends a watch with 0, and a request in flight with 130. API
+// forbidden, not found) or, for check, when a check failed. Ctrl-C ends a watch with 0, and a request in flight with 130. API
 // warnings are not shown, and Main silences client-go's own logging (klog).
 package syncctl

@@ -40,7 +40,9 @@ import (
 
 var env *testenv.Env
 
-func TestMain(m *testing.M) { testenv.Main(m, &env) }
+// TestMain starts the control plane with the injector's shipped webhook configuration, which
+// TestIntegrationCheck serves (startInjector) and breaks; no other test creates an annotated Pod.
+func TestMain(m *testing.M) { testenv.MainWithShippedWebhooks(m, &env) }
 
 // waitTimeout bounds every wait of a test; nothing here depends on how fast things happen.
 const waitTimeout = 60 * time.Second

@@ -10,6 +10,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/metaparticle-io/sync/internal/contract"
@@ -34,7 +35,7 @@ func lease(kind wire.Kind, ns, name string, opts ...leaseOpt) *coordinationv1.Le
 			Labels:      map[string]string{contract.LabelManagedBy: contract.ManagedByValue, contract.LabelKind: string(kind)},
 			Annotations: map[string]string{contract.AnnotationName: name},
 		},
-		Spec: coordinationv1.LeaseSpec{LeaseDurationSeconds: ptr(int32(15)), LeaseTransitions: ptr(int32(0))},
+		Spec: coordinationv1.LeaseSpec{LeaseDurationSeconds: ptr.To(int32(15)), LeaseTransitions: ptr.To(int32(0))},
 	}
 	for _, o := range opts {
 		o(l)
@@ -65,8 +66,6 @@ func released(token string, ago time.Duration) leaseOpt {
 func transitions(n int32) leaseOpt {
 	return func(l *coordinationv1.Lease) { l.Spec.LeaseTransitions = &n }
 }
-
-func ptr[T any](v T) *T { return &v }
 
 func items(leases ...*coordinationv1.Lease) []Item {
 	var out []Item
@@ -107,7 +106,7 @@ func TestItemFromLease(t *testing.T) {
 	want := Item{
 		Kind: wire.KindElection, Namespace: "ns", Name: "scheduler", Lease: contract.LeaseName(wire.KindElection, "scheduler"),
 		Held: true, Holder: "web-1/" + session, Pod: "web-1", Session: session, Token: "42",
-		AcquireTime: ptr(now.Add(-time.Minute)), RenewTime: ptr(now.Add(-time.Second)), ExpireTime: ptr(now.Add(14 * time.Second)),
+		AcquireTime: ptr.To(now.Add(-time.Minute)), RenewTime: ptr.To(now.Add(-time.Second)), ExpireTime: ptr.To(now.Add(14 * time.Second)),
 		LeaseDurationSeconds: 15, LeaseTransitions: 2,
 	}
 	if !equalItems(held, want) {
@@ -122,7 +121,7 @@ func TestItemFromLease(t *testing.T) {
 		t.Errorf("free: got %+v; want not held, no acquire or expire time, last token 7, renew time kept", free)
 	}
 	// An empty holder identity is free, like a missing one.
-	empty := ItemFromLease(lease(wire.KindLock, "ns", "x", func(l *coordinationv1.Lease) { l.Spec.HolderIdentity = ptr("") }))
+	empty := ItemFromLease(lease(wire.KindLock, "ns", "x", func(l *coordinationv1.Lease) { l.Spec.HolderIdentity = ptr.To("") }))
 	if empty.Held {
 		t.Errorf("empty holder identity: got held")
 	}
@@ -297,7 +296,7 @@ func TestPrintJSONAndYAML(t *testing.T) {
 func TestPrintDescription(t *testing.T) {
 	held := Description{
 		Item:      ItemFromLease(lease(wire.KindLock, "shop", "orders/eu", heldBy("web-0/"+session, "48211", 3*time.Minute+10*time.Second, 2*time.Second), transitions(3))),
-		HolderPod: &PodInfo{Name: "web-0", Phase: "Running", Node: "node-1", Ready: ptr(true)},
+		HolderPod: &PodInfo{Name: "web-0", Phase: "Running", Node: "node-1", Ready: ptr.To(true)},
 	}
 	gone := held
 	gone.HolderPod = &PodInfo{Name: "web-0", Error: "not found (the Pod is gone)"}

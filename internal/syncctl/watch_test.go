@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
 
 	"github.com/metaparticle-io/sync/wire"
 )
@@ -153,7 +154,7 @@ func TestWatchLoop(t *testing.T) {
 	renewed.Spec.RenewTime = &metav1.MicroTime{Time: now.Add(time.Second)}
 	w.Modify(renewed)
 	taken := withRV(a, "12")
-	taken.Spec.HolderIdentity = ptr("p-1/" + session)
+	taken.Spec.HolderIdentity = ptr.To("p-1/" + session)
 	taken.Annotations["metaparticle.io/fencing-token"] = "2"
 	w.Modify(taken)
 	expect("the first list", "a p-0 5f0c2a7e 60s 1 15s")

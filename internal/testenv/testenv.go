@@ -28,6 +28,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -46,6 +47,8 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/yaml"
 )
 
 // Env is a running control plane. Its fields are set by Start and read-only afterwards; it is
@@ -250,4 +253,75 @@ func sanitize(s string) string {
 		}
 	}
 	return strings.Trim(b.String(), "-")
+}
+
+// ShippedWebhookConfiguration reads deploy/webhook/mutatingwebhookconfiguration.yaml (the
+// configuration the chart templates) from the module at root, with each webhook's Service path
+// made relative, as WithWebhooks wants it: envtest then registers the injector's webhooks at the
+// local serving address, where the caller serves webhook.Path and webhook.NamespacePath.
+func ShippedWebhookConfiguration(root string) (*admissionv1.MutatingWebhookConfiguration, error) {
+	raw, err := os.ReadFile(filepath.Join(root, "deploy", "webhook", "mutatingwebhookconfiguration.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var mwc admissionv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(raw, &mwc); err != nil {
+		return nil, err
+	}
+	for i := range mwc.Webhooks {
+		svc := mwc.Webhooks[i].ClientConfig.Service
+		if svc == nil || svc.Path == nil {
+			return nil, fmt.Errorf("webhook %s has no service path", mwc.Webhooks[i].Name)
+		}
+		p := strings.TrimPrefix(*svc.Path, "/")
+		svc.Path = &p
+	}
+	return &mwc, nil
+}
+
+// ServeWebhooks serves handlers (by path) over TLS at the local serving address that
+// WithWebhooks registered, with controller-runtime's webhook server (as the injector serves
+// them), until ctx ends. It returns once the server serves, or an error if it did not start
+// within 30 seconds.
+func (e *Env) ServeWebhooks(ctx context.Context, handlers map[string]http.Handler) error {
+	if e.Webhook.LocalServingPort == 0 {
+		return errors.New("testenv: ServeWebhooks needs an Env started WithWebhooks")
+	}
+	srv := crwebhook.NewServer(crwebhook.Options{
+		Host: e.Webhook.LocalServingHost, Port: e.Webhook.LocalServingPort, CertDir: e.Webhook.LocalServingCertDir,
+	})
+	for path, h := range handlers {
+		srv.Register(path, h)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Start(ctx) }()
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for srv.StartedChecker()(nil) != nil {
+		select {
+		case err := <-done:
+			return fmt.Errorf("testenv: the webhook server stopped: %w", err)
+		case <-deadline.C:
+			return errors.New("testenv: the webhook server did not start within 30s")
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// MainWithShippedWebhooks is Main for a package that serves the injector's webhooks: the
+// control plane starts WithWebhooks(ShippedWebhookConfiguration), and the tests serve the
+// webhooks with Env.ServeWebhooks.
+func MainWithShippedWebhooks(m *testing.M, env **Env) {
+	root, err := ModuleRoot()
+	if err == nil {
+		var mwc *admissionv1.MutatingWebhookConfiguration
+		if mwc, err = ShippedWebhookConfiguration(root); err == nil {
+			Main(m, env, WithWebhooks(mwc))
+		}
+	}
+	fmt.Fprintln(os.Stderr, "testenv: loading the injector's webhook configuration:", err)
+	os.Exit(1)
 }

@@ -4,29 +4,23 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"runtime"
-	"strings"
 	"syscall"
 	"time"
 	"unsafe"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
-	"sigs.k8s.io/yaml"
 
+	"github.com/metaparticle-io/sync/internal/contract"
 	"github.com/metaparticle-io/sync/webhook"
 )
 
@@ -39,30 +33,6 @@ const (
 	benchImage          = "ghcr.io/metaparticle-io/sync/elector:bench"
 	benchServiceAccount = "bench-app"
 )
-
-// ShippedWebhookConfiguration reads deploy/webhook/mutatingwebhookconfiguration.yaml and turns
-// its Service reference into the form envtest rewrites into a URL on 127.0.0.1 (the path without
-// its leading slash): the API server of an envtest has no Service network and must never call a
-// Service.
-func ShippedWebhookConfiguration(root string) (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
-	raw, err := os.ReadFile(filepath.Join(root, "deploy", "webhook", "mutatingwebhookconfiguration.yaml"))
-	if err != nil {
-		return nil, err
-	}
-	var mwc admissionregistrationv1.MutatingWebhookConfiguration
-	if err := yaml.UnmarshalStrict(raw, &mwc); err != nil {
-		return nil, err
-	}
-	for i := range mwc.Webhooks {
-		svc := mwc.Webhooks[i].ClientConfig.Service
-		if svc == nil || svc.Path == nil {
-			return nil, fmt.Errorf("webhook %s has no service path", mwc.Webhooks[i].Name)
-		}
-		p := strings.TrimPrefix(*svc.Path, "/")
-		svc.Path = &p
-	}
-	return &mwc, nil
-}
 
 // admissionResult holds the admission figures.
 type admissionResult struct {
@@ -98,15 +68,10 @@ func (b *Bench) admission(ctx context.Context, handlerFor time.Duration, pods in
 		return res, err
 	}
 	hook := webhook.NewWebhook(in)
-	srv := crwebhook.NewServer(crwebhook.Options{
-		Host: b.Env.Webhook.LocalServingHost, Port: b.Env.Webhook.LocalServingPort, CertDir: b.Env.Webhook.LocalServingCertDir,
-	})
-	srv.Register(webhook.Path, hook)
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go func() { _ = srv.Start(sctx) }()
-	if err := waitFor(30*time.Second, 10*time.Millisecond, func() bool { return srv.StartedChecker()(nil) == nil }); err != nil {
-		return res, errors.New("the webhook server did not start")
+	if err := b.Env.ServeWebhooks(sctx, map[string]http.Handler{webhook.Path: hook}); err != nil {
+		return res, err
 	}
 
 	// 1. The handler alone, one goroutine, GOMAXPROCS=1.
@@ -265,7 +230,7 @@ func (b *Bench) grantLeaseRBAC(ctx context.Context, ns string) error {
 	}
 	role := &rbacv1.Role{
 		ObjectMeta: metav1.ObjectMeta{Name: "bench-leases"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: webhook.SidecarLeaseVerbs}},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: contract.SidecarLeaseVerbs}},
 	}
 	if _, err := cs.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{}); ignoreExists(err) != nil {
 		return err

@@ -86,7 +86,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 	}()
 
-	mwc, err := ShippedWebhookConfiguration(o.Root)
+	mwc, err := testenv.ShippedWebhookConfiguration(o.Root)
 	if err != nil {
 		return nil, err
 	}
