@@ -10,6 +10,9 @@ export GOFLAGS ?= -buildvcs=false
 
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(METAPARTICLE_CACHE)/tools/staticcheck-$(STATICCHECK_VERSION)/staticcheck
+# krew and its manifest validator, for the plugin's install test (make krew-tools).
+KREW_VERSION ?= v0.4.3
+KREW_TOOLS := $(METAPARTICLE_CACHE)/tools/krew-$(KREW_VERSION)
 
 GO_TEST_FLAGS ?=
 # How long each fuzz target runs in `make test`; `make fuzz FUZZTIME=5m` runs longer.
@@ -43,6 +46,13 @@ lint: $(STATICCHECK) ## Check formatting (gofmt), go vet, staticcheck and the SD
 	go vet ./...
 	$(STATICCHECK) ./...
 
+.PHONY: krew-tools
+krew-tools: $(KREW_TOOLS)/krew ## Build krew and validate-krew-manifest from the Go module proxy into the cache (once).
+
+$(KREW_TOOLS)/krew:
+	@echo "installing krew $(KREW_VERSION) into $(@D)"
+	GOBIN=$(@D) GOFLAGS=-mod=mod go install sigs.k8s.io/krew/cmd/krew@$(KREW_VERSION) sigs.k8s.io/krew/cmd/validate-krew-manifest@$(KREW_VERSION)
+
 $(STATICCHECK):
 	@echo "installing staticcheck $(STATICCHECK_VERSION) into $(@D)"
 	GOBIN=$(@D) GOFLAGS=-mod=mod go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
@@ -58,8 +68,8 @@ unit: ## Unit tests with the race detector; no control plane (go test -short). T
 	ELECTOR_TEST_WATCH_SCOPE=namespace go test -race -short $(GO_TEST_FLAGS) ./elector/
 
 .PHONY: integration
-integration: control-plane cert-manager ## All tests, including those against a real kube-apiserver and etcd (envtest).
-	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh --print-assets) go test -count=1 $(GO_TEST_FLAGS) ./...
+integration: control-plane cert-manager krew-tools ## All tests, including those against a real kube-apiserver and etcd (envtest), and krew installing the plugin.
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh --print-assets) KREW_TOOLS=$(KREW_TOOLS) go test -count=1 $(GO_TEST_FLAGS) ./...
 
 .PHONY: sim
 sim: ## Deterministic simulation of the lock engine: SIM_SCHEDULES (100000) seeded schedules, or SEED=<n> one with its trace.
@@ -116,6 +126,10 @@ clean: ## Remove ./bin and test caches (the control-plane cache under $(METAPART
 # Where make push and make chart push to: a registry host and path prefix, e.g. ghcr.io/acme/metaparticle.
 REGISTRY ?=
 CHART_VERSION := $(shell awk '/^version:/ {print $$2}' charts/metaparticle-sync/Chart.yaml)
+APP_VERSION := $(shell awk '/^appVersion:/ {gsub(/"/, "", $$2); print $$2}' charts/metaparticle-sync/Chart.yaml)
+# The platforms make plugin builds, and where the release publishes its archives.
+PLUGIN_PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
+PLUGIN_URI ?= https://github.com/metaparticle-io/sync/releases/download/v$(APP_VERSION)
 
 .PHONY: images
 images: ## Build every image of hack/cluster/images.list for linux/amd64 and linux/arm64 (no Docker): one OCI index each in bin/images/NAME; imported too when the local cluster runs.
@@ -132,6 +146,15 @@ chart: ## Package the chart into bin/charts; with REGISTRY=<registry/prefix> als
 	$$(hack/control-plane.sh --print-bin helm) package charts/metaparticle-sync -d $(BIN)/charts
 	@[ -z "$(REGISTRY)" ] || { echo "pushing to oci://$(REGISTRY)/charts"; \
 	  $$(hack/control-plane.sh --print-bin helm) push $(BIN)/charts/metaparticle-sync-$(CHART_VERSION).tgz oci://$(REGISTRY)/charts; }
+
+.PHONY: plugin
+plugin: ## Package kubectl-sync for krew: bin/plugin/kubectl-sync_OS_ARCH.tar.gz for PLUGIN_PLATFORMS and the manifest bin/plugin/sync.yaml, naming them under PLUGIN_URI.
+	@rm -rf $(BIN)/plugin && mkdir -p $(BIN)/plugin
+	set --; for p in $(PLUGIN_PLATFORMS); do os=$${p%/*}; arch=$${p#*/}; exe=kubectl-sync; \
+	  if [ "$$os" = windows ]; then exe=kubectl-sync.exe; fi; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch go build -trimpath -ldflags='-s -w' -o $(BIN)/plugin/$$os-$$arch/$$exe ./cmd/syncctl; \
+	  set -- "$$@" "$$p=$(BIN)/plugin/$$os-$$arch/$$exe"; done; \
+	go run ./hack/tools/krewplugin -version v$(APP_VERSION) -uri $(PLUGIN_URI) -license LICENSE -out $(BIN)/plugin "$$@"
 
 ##@ Local cluster (a real single-node Kubernetes built from source; needs root)
 
@@ -154,3 +177,4 @@ e2e: ## The product end to end on the local cluster (./e2e/product; part of clus
 .PHONY: cluster-cycle
 cluster-cycle: ## cluster-up/cluster-down three times in a row (one after a simulated crash), nothing left.
 	hack/cluster/cycle.sh 3
+
