@@ -24,11 +24,13 @@ import (
 //     caBundle for the name the API server calls; the injector's Deployment is ready; and, the
 //     proof of all of these, a server-side dry-run Pod annotated metaparticle.io/sync: "true"
 //     comes back from the API server with the side-car.
-//   - namespace (check_namespace.go): each service account of the namespace's side-car Pods (or
-//     the ones named) may use Leases as the side-car does, asked with SubjectAccessReviews; and
-//     the Pods whose side-car is older than what the injector now injects.
+//   - namespace (check_namespace.go): each service account of the namespace's side-car Pods, and
+//     those named, may use Leases as the side-car does, asked with SubjectAccessReviews; and the
+//     Pods whose side-car differs from what the injector now injects.
 //
-// It exits with 1 when a check failed, 0 otherwise (warnings included).
+// A check that cannot be made is a warning when the user's RBAC forbids it and a failure for any
+// other error, and the other checks still run. It exits with 1 when a check failed, 0 otherwise
+// (warnings included).
 
 // Check statuses.
 const (
@@ -80,8 +82,8 @@ func (c *cli) checkCommand() *cobra.Command {
 		Short: "Check the injector's install and whether a namespace's Pods can use it",
 		Long: fmt.Sprintf(`Check that the injector works and that the namespace's Pods can use it. Each check prints
 one line: √ passed, ‼ warning (it works, but something should be done, or it could not be
-checked with your permissions), × failed, with what to do under it. It exits with 1 when a
-check failed.
+checked with your permissions: a check your RBAC forbids passes nothing), × failed (also when
+the API server did not answer), with what to do under it. It exits with 1 when a check failed.
 
 Injector: the MutatingWebhookConfiguration's webhooks (named *%s) exist; each
 caBundle holds valid CA certificates; the injector's serving certificate (its Secret, or what
@@ -89,9 +91,9 @@ its URL serves) is signed by the caBundle for the name the API server calls; the
 Deployment is ready; and a server-side dry-run Pod annotated %s: "true" in the
 namespace comes back with the side-car. Nothing is created: a dry run is never stored.
 
-Namespace: the service accounts of its Pods that run a side-car (or, when none does, those of
---service-account, default "default") may use Leases as the side-car does (%s),
-asked with SubjectAccessReviews; and the Pods whose side-car is older than what the injector
+Namespace: the service accounts of its Pods that run a side-car, and those of --service-account
+("default" when neither names one), may use Leases as the side-car does (%s),
+asked with SubjectAccessReviews; and the Pods whose side-car differs from what the injector
 now injects (their %s and %s annotations), with their owners to roll.
 
 It needs list on mutatingwebhookconfigurations and clusterroles, get on services, secrets
@@ -106,19 +108,19 @@ run) and on subjectaccessreviews. A check that your permissions do not allow is 
   # The same for a service account that no Pod uses yet
   %[1]s check -n shop --service-account batch
 
-  # Side-cars older than the injector in every namespace (after an upgrade)
+  # Side-cars other than the injector's in every namespace (after an upgrade)
   %[1]s check -A -o json | jq -r '.results[] | select(.status != "passed") | .message'`),
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.format != formatTable && o.format != formatJSON && o.format != formatYAML {
-				return usagef("unknown output format %q: use json or yaml", o.format)
+			if err := documentFormat(o.format); err != nil {
+				return err
 			}
 			return c.check(cmd.Context(), o)
 		},
 	}
 	f := cmd.Flags()
 	f.BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "Check the side-car Pods and their service accounts of every namespace (the dry run stays in the namespace of -n)")
-	f.StringSliceVar(&o.serviceAccounts, "service-account", nil, "Also check these service accounts of the namespace (default: \"default\" when no Pod of it runs a side-car)")
+	f.StringSliceVar(&o.serviceAccounts, "service-account", nil, "Also check these service accounts of the namespace (\"default\" when no side-car Pod names one either)")
 	f.StringVarP(&o.format, "output", "o", "", "Output format: json or yaml (default: lines)")
 	return cmd
 }

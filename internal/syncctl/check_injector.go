@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path"
 	"slices"
 	"sort"
 	"strings"
@@ -62,9 +63,16 @@ func (t *target) String() string {
 // injector runs the injector's checks into k.report. It returns an error when the API server
 // cannot be asked at all (unreachable, unauthorized) or ctx ended.
 func (k *checker) injector(ctx context.Context) error {
-	hooks, err := k.webhooks(ctx)
-	if err != nil || hooks == nil {
+	hooks, listed, err := k.webhooks(ctx)
+	if err != nil {
 		return err
+	}
+	if !listed {
+		// The configuration could not be read: the dry run still tests the whole path.
+		return k.dryRun(ctx, nil)
+	}
+	if hooks == nil {
+		return nil // not installed, which webhooks reported
 	}
 	for _, t := range targets(hooks) {
 		roots, ok := k.caBundle(t)
@@ -81,26 +89,31 @@ func (k *checker) injector(ctx context.Context) error {
 	return k.dryRun(ctx, hooks)
 }
 
-// notChecked records a warning for a check that k's permissions do not allow, and returns nil; any
-// other error it returns, explained.
+// notChecked records a check that could not be made: a warning when k's permissions do not
+// allow it, a failure for any other error (the API server did not answer, a server error), so
+// that the other checks still run and the report is printed. It returns nil, or err when the
+// command was interrupted (Ctrl-C).
 func (k *checker) notChecked(section, what, needs string, err error) error {
-	if apierrors.IsForbidden(err) {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return err
+	case apierrors.IsForbidden(err):
 		k.report.add(section, CheckWarning, "not checked: "+what, fmt.Sprintf("%s (it needs %s)", apiMessage(err), needs))
-		return nil
+	default:
+		k.report.add(section, CheckFailed, "could not check "+what+": "+oneLine(k.cli.explainNeeding(err, needs).Error()), "")
 	}
-	return k.cli.explainNeeding(err, needs)
+	return nil
 }
 
-// webhooks finds the injector's webhooks in every MutatingWebhookConfiguration. It returns nil
-// hooks, and no error, when there are none (which it reports) or the user may not list them.
-func (k *checker) webhooks(ctx context.Context) ([]hook, error) {
+// webhooks finds the injector's webhooks in every MutatingWebhookConfiguration. listed is false
+// when they could not be listed; hooks is nil when there are none (which it reports).
+func (k *checker) webhooks(ctx context.Context) (hooks []hook, listed bool, err error) {
 	cctx, cancel := k.cli.callContext(ctx)
 	defer cancel()
 	l, err := k.cs.AdmissionregistrationV1().MutatingWebhookConfigurations().List(cctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, k.notChecked(sectionInjector, "the webhook configuration", "list on mutatingwebhookconfigurations", err)
+		return nil, false, k.notChecked(sectionInjector, "the webhook configuration", "list on mutatingwebhookconfigurations", err)
 	}
-	var hooks []hook
 	byConfig := map[string][]string{}
 	var configs []string
 	for _, c := range l.Items {
@@ -118,7 +131,7 @@ func (k *checker) webhooks(ctx context.Context) ([]hook, error) {
 		k.report.add(sectionInjector, CheckFailed,
 			fmt.Sprintf("no MutatingWebhookConfiguration has a webhook named *%s: the injector is not installed", contract.WebhookNameSuffix),
 			"install it as docs/install.md says (helm install metaparticle-sync oci://<registry>/charts/metaparticle-sync)")
-		return nil, nil
+		return nil, true, nil
 	}
 	for _, name := range configs {
 		names := byConfig[name]
@@ -133,7 +146,7 @@ func (k *checker) webhooks(ctx context.Context) ([]hook, error) {
 		k.report.add(sectionInjector, CheckWarning, fmt.Sprintf("%d webhook configurations inject the side-car: %s", len(configs), strings.Join(configs, ", ")),
 			"two releases of the injector are installed; uninstall one (the first to answer injects, the second sees the Pod injected)")
 	}
-	return hooks, nil
+	return hooks, true, nil
 }
 
 // targets groups hooks by where the API server calls them and with which caBundle, in the order
@@ -185,22 +198,34 @@ func (k *checker) caBundle(t *target) (roots []*x509.Certificate, ok bool) {
 		k.report.add(sectionInjector, CheckFailed, what+" is not a list of PEM certificates: "+err.Error(), "")
 		return nil, false
 	}
+	// A bundle may hold an old CA next to a new one while a CA is rotated: it fails only when
+	// no certificate of it is valid now, and the serving certificate is checked against the valid ones.
 	now := k.cli.clock.Now()
+	var valid []*x509.Certificate
+	var invalid []string
 	for _, c := range certs {
-		if now.After(c.NotAfter) {
-			k.report.add(sectionInjector, CheckFailed, fmt.Sprintf("%s: CA certificate %q expired on %s", what, c.Subject.CommonName, day(c.NotAfter)),
-				"renew the CA (with cert-manager, delete the CA's Secret; without it, helm upgrade the release)")
-			return nil, false
-		}
-		if now.Before(c.NotBefore) {
-			k.report.add(sectionInjector, CheckFailed, fmt.Sprintf("%s: CA certificate %q is not valid before %s", what, c.Subject.CommonName, c.NotBefore.UTC().Format(time.RFC3339)),
-				"is this machine's or the issuer's clock wrong?")
-			return nil, false
+		switch {
+		case now.After(c.NotAfter):
+			invalid = append(invalid, fmt.Sprintf("CA certificate %q expired on %s", c.Subject.CommonName, day(c.NotAfter)))
+		case now.Before(c.NotBefore):
+			invalid = append(invalid, fmt.Sprintf("CA certificate %q is not valid before %s (is a clock wrong?)", c.Subject.CommonName, c.NotBefore.UTC().Format(time.RFC3339)))
+		default:
+			valid = append(valid, c)
 		}
 	}
-	k.report.add(sectionInjector, CheckPassed, fmt.Sprintf("%s: %d CA %s (%s), valid until %s", what, len(certs), plural(len(certs), "certificate", "certificates"),
-		certNames(certs), day(earliestExpiry(certs))), "")
-	return certs, true
+	renew := "renew the CA (with cert-manager, delete the CA's Secret; without it, helm upgrade the release)"
+	switch {
+	case len(valid) == 0:
+		k.report.add(sectionInjector, CheckFailed, what+": "+strings.Join(invalid, "; "), renew)
+		return nil, false
+	case len(invalid) > 0:
+		k.report.add(sectionInjector, CheckWarning, fmt.Sprintf("%s: %d valid CA %s (%s), and %s", what, len(valid), plural(len(valid), "certificate", "certificates"),
+			certNames(valid), strings.Join(invalid, "; ")), "remove the invalid ones once no serving certificate needs them")
+	default:
+		k.report.add(sectionInjector, CheckPassed, fmt.Sprintf("%s: %d CA %s (%s), valid until %s", what, len(valid), plural(len(valid), "certificate", "certificates"),
+			certNames(valid), day(earliestExpiry(valid))), "")
+	}
+	return valid, true
 }
 
 // parseCertificates parses PEM data holding only CERTIFICATE blocks, at least one.
@@ -304,18 +329,15 @@ func (k *checker) servingService(ctx context.Context, t *target, roots []*x509.C
 		return nil
 	}
 	host := name + "." + ns + ".svc"
-	for _, v := range behind[0].Spec.Template.Spec.Volumes {
-		if v.Secret == nil {
-			continue
-		}
-		s, err := k.cs.CoreV1().Secrets(ns).Get(cctx, v.Secret.SecretName, metav1.GetOptions{})
+	for _, secret := range servingSecrets(behind[0]) {
+		s, err := k.cs.CoreV1().Secrets(ns).Get(cctx, secret, metav1.GetOptions{})
 		if err != nil {
 			if apierrors.IsNotFound(err) {
-				k.report.add(sectionInjector, CheckFailed, fmt.Sprintf("Secret %s/%s of the injector's serving certificate not found", ns, v.Secret.SecretName),
+				k.report.add(sectionInjector, CheckFailed, fmt.Sprintf("Secret %s/%s of the injector's serving certificate not found", ns, secret),
 					"with cert-manager: kubectl -n "+ns+" describe certificate (is the Certificate ready?)")
 				return nil
 			}
-			return k.notChecked(sectionInjector, "the serving certificate in Secret "+ns+"/"+v.Secret.SecretName, "get on secrets in "+ns, err)
+			return k.notChecked(sectionInjector, "the serving certificate in Secret "+ns+"/"+secret, "get on secrets in "+ns, err)
 		}
 		crt, ok := s.Data[corev1.TLSCertKey]
 		if !ok {
@@ -337,6 +359,34 @@ func (k *checker) servingService(ctx context.Context, t *target, roots []*x509.C
 	}
 	k.report.add(sectionInjector, CheckWarning, fmt.Sprintf("not checked: the serving certificate (no Secret with %s among the volumes of Deployment %s/%s)", corev1.TLSCertKey, ns, behind[0].Name), "")
 	return nil
+}
+
+// servingSecrets names the Secrets that may hold d's serving certificate: the one mounted at the
+// injector's --cert-dir (the chart's), or else every Secret volume that is not optional.
+func servingSecrets(d appsv1.Deployment) []string {
+	spec := d.Spec.Template.Spec
+	secretOf := map[string]string{}
+	var all []string
+	for _, v := range spec.Volumes {
+		if v.Secret != nil && !ptr.Deref(v.Secret.Optional, false) {
+			secretOf[v.Name] = v.Secret.SecretName
+			all = append(all, v.Secret.SecretName)
+		}
+	}
+	for _, c := range spec.Containers {
+		for _, a := range c.Args {
+			dir, ok := strings.CutPrefix(a, "--cert-dir=")
+			if !ok {
+				continue
+			}
+			for _, m := range c.VolumeMounts {
+				if s, ok := secretOf[m.Name]; ok && path.Clean(m.MountPath) == path.Clean(dir) {
+					return []string{s}
+				}
+			}
+		}
+	}
+	return all
 }
 
 // servingURL dials t's URL from this machine and verifies the certificate it serves against
@@ -369,11 +419,16 @@ func (k *checker) servingURL(ctx context.Context, t *target, roots []*x509.Certi
 	var verr *tls.CertificateVerificationError
 	switch {
 	case errors.As(err, &verr):
+		if len(roots) == 0 {
+			k.report.add(sectionInjector, CheckFailed, fmt.Sprintf("the injector at %s serves a certificate that the system roots do not verify (its webhooks have no caBundle): %v", t.url, verr.Err),
+				"set a caBundle that verifies it")
+			return nil
+		}
 		k.report.add(sectionInjector, CheckFailed, fmt.Sprintf("the injector at %s serves a certificate that the caBundle does not verify: %v", t.url, verr.Err),
 			"the caBundle and the serving certificate must come from the same CA")
 		return nil
 	case err != nil:
-		if ctx.Err() != nil {
+		if errors.Is(ctx.Err(), context.Canceled) {
 			return ctx.Err()
 		}
 		k.report.add(sectionInjector, CheckWarning, fmt.Sprintf("not checked: the certificate of %s (cannot reach it from here: %v)", t.url, err),
@@ -464,13 +519,15 @@ func (k *checker) dryRun(ctx context.Context, hooks []hook) error {
 		k.report.add(sectionInjector, CheckFailed, what+" was refused: "+oneLine(apiMessage(err)), hint)
 		return nil
 	case err != nil:
-		return k.cli.explainNeeding(err, "create on pods in "+k.ns)
+		return k.notChecked(sectionInjector, what, "create on pods in "+k.ns, err)
 	}
 	if got.Labels[contract.LabelInjected] != "true" {
 		k.report.add(sectionInjector, CheckFailed, what+" was created without the side-car", k.whyNotInjected(ctx, hooks))
 		return nil
 	}
-	k.injectorVersion = got.Annotations[contract.AnnotationInjectorVersion]
+	if v := got.Annotations[contract.AnnotationInjectorVersion]; v != "" {
+		k.injectorVersion = v
+	}
 	k.sidecarImage = got.Annotations[contract.AnnotationInjectedImage]
 	msg := fmt.Sprintf("%s gets the side-car %s from injector release %s", what, dash(k.sidecarImage), dash(k.injectorVersion))
 	if len(warnings) > 0 {

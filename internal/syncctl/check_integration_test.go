@@ -140,6 +140,9 @@ func TestIntegrationCheck(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		_ = rbac.ClusterRoles().Delete(context.Background(), contract.SidecarClusterRole, metav1.DeleteOptions{})
+	})
 	for _, sa := range []string{"default", "app"} {
 		if _, err := rbac.RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
 			ObjectMeta: metav1.ObjectMeta{Name: sa + "-metaparticle-sync"},
@@ -277,6 +280,7 @@ func TestIntegrationCheck(t *testing.T) {
 		}
 		expectChecks(t, report, []expect{
 			{"not checked: the webhook configuration", syncctl.CheckWarning, "list on mutatingwebhookconfigurations"},
+			{"not checked: a dry-run Pod annotated", syncctl.CheckWarning, "create on pods in " + ns},
 			{"not checked: the Pods that run a side-car", syncctl.CheckWarning, "list on pods"},
 		})
 	})

@@ -87,11 +87,11 @@ func (k *checker) leaseRBAC(ctx context.Context, section string, pods []corev1.P
 	sort.Strings(keys)
 
 	role := k.sidecarClusterRole(ctx)
-	cctx, cancel := k.cli.callContext(ctx)
-	defer cancel()
 	for _, key := range keys {
 		sa := byKey[key]
+		cctx, cancel := k.cli.callContext(ctx) // one bound per account: its reviews are sent in turn
 		missing, err := leaseaccess.MissingVerbs(cctx, k.cs.AuthorizationV1().SubjectAccessReviews(), sa.namespace, sa.name)
+		cancel()
 		if err != nil {
 			return k.notChecked(section, "whether the service accounts may use Leases", "create on subjectaccessreviews", err)
 		}

@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
@@ -94,10 +95,16 @@ func install(caBundle, servingPEM []byte, ready int32) []runtime.Object {
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app.kubernetes.io/version": "0.1.0"}},
 			Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](2), Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: sel},
-				Spec: corev1.PodSpec{Volumes: []corev1.Volume{
-					{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-					{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: name + "-tls"}}},
-				}},
+				Spec: corev1.PodSpec{
+					Containers: []corev1.Container{{Name: "injector", Args: []string{"--port=9443", "--cert-dir=/tls"},
+						VolumeMounts: []corev1.VolumeMount{{Name: "extra", MountPath: "/etc/extra"}, {Name: "tls", MountPath: "/tls/"}}}},
+					Volumes: []corev1.Volume{
+						{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+						// A Secret of the user's (extraVolumes), which does not exist: only the
+						// one at --cert-dir is the serving certificate.
+						{Name: "extra", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "not-there"}}},
+						{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: name + "-tls"}}},
+					}},
 			}},
 			Status: appsv1.DeploymentStatus{ReadyReplicas: ready},
 		},
@@ -123,23 +130,25 @@ func TestCheckServiceInstall(t *testing.T) {
 	wrongName := newTestCert(t, "injector", false, []string{"injector.default.svc"}, checkNow.Add(90*24*time.Hour), ca)
 	expired := newTestCert(t, host, false, []string{host}, checkNow.Add(-time.Minute), ca)
 	expiredCA := newTestCert(t, "old-ca", true, nil, checkNow.Add(-time.Minute), nil)
+	rotating := append(append([]byte{}, expiredCA.pem...), ca.pem...)
 
 	type want struct{ what, status, says string }
 	tests := []struct {
-		name     string
-		objects  []runtime.Object
-		mutate   func([]runtime.Object) []runtime.Object
-		want     []want
-		caBundle []byte
+		name    string
+		objects []runtime.Object
+		want    []want
+		healthy bool // every check passes
 	}{
 		{
 			name:    "healthy",
 			objects: install(ca.pem, good.pem, 2),
+			healthy: true,
 			want: []want{
 				{"webhook configuration metaparticle-sync-injector", CheckPassed, "inject.sync.metaparticle.io, inject-namespace.sync.metaparticle.io"},
 				{"caBundle of inject.sync.metaparticle.io, inject-namespace.sync.metaparticle.io", CheckPassed, "1 CA certificate (CN=metaparticle-sync-ca)"},
 				{"injector Deployment", CheckPassed, "2 of 2 replicas ready, release 0.1.0"},
 				{"serving certificate", CheckPassed, "signed by the caBundle for " + host},
+				{"a dry-run Pod annotated", CheckPassed, "gets the side-car sync:9.9.9 from injector release 9.9.9"},
 			},
 		},
 		{
@@ -161,6 +170,14 @@ func TestCheckServiceInstall(t *testing.T) {
 			name:    "expired CA",
 			objects: install(expiredCA.pem, good.pem, 2),
 			want:    []want{{"caBundle", CheckFailed, "expired on"}, {"serving certificate", "absent", ""}},
+		},
+		{
+			name:    "CA rotation: an expired CA next to the valid one",
+			objects: install(rotating, good.pem, 2),
+			want: []want{
+				{"caBundle", CheckWarning, `1 valid CA certificate (CN=metaparticle-sync-ca), and CA certificate "old-ca" expired on`},
+				{"serving certificate", CheckPassed, "signed by the caBundle"},
+			},
 		},
 		{
 			name:    "empty caBundle",
@@ -201,9 +218,21 @@ func TestCheckServiceInstall(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newCLI("syncctl", io.Discard, io.Discard, clocktesting.NewFakeClock(checkNow))
-			k := &checker{cli: c, cs: fake.NewClientset(tt.objects...), ns: "shop", warnings: &warningRecorder{}}
+			cs := fake.NewClientset(tt.objects...)
+			// The fake has no admission: inject the dry-run Pod as the injector would mark it.
+			cs.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				p := a.(k8stesting.CreateAction).GetObject().(*corev1.Pod).DeepCopy()
+				p.Labels = map[string]string{contract.LabelInjected: "true"}
+				p.Annotations[contract.AnnotationInjectedImage] = "sync:9.9.9"
+				p.Annotations[contract.AnnotationInjectorVersion] = "9.9.9"
+				return true, p, nil
+			})
+			k := &checker{cli: c, cs: cs, ns: "shop", warnings: &warningRecorder{}}
 			if err := k.injector(context.Background()); err != nil {
 				t.Fatalf("got error %v; want the checks' results", err)
+			}
+			if tt.healthy && (k.report.Failed != 0 || k.report.Warnings != 0) {
+				t.Errorf("got %d failed, %d warnings; want every check passed: %+v", k.report.Failed, k.report.Warnings, k.report.Results)
 			}
 			for _, w := range tt.want {
 				got, res := statusOf(&k.report, w.what)

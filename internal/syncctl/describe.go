@@ -64,10 +64,8 @@ func (c *cli) describe(ctx context.Context, name string, o describeOptions) erro
 	default:
 		return usagef("unknown --kind %q: use lock or election", o.kind)
 	}
-	switch o.format {
-	case formatTable, formatJSON, formatYAML:
-	default:
-		return usagef("unknown output format %q: use json or yaml", o.format)
+	if err := documentFormat(o.format); err != nil {
+		return err
 	}
 	cs, err := c.client()
 	if err != nil {

@@ -36,5 +36,6 @@
 // Every error is one line on standard error: 2 for a usage error (unknown command or flag, bad
 // argument), 1 when the command failed (no cluster configured or reachable, unauthorized,
 // forbidden, not found) or, for check, when a check failed. Ctrl-C ends a watch with 0, and a request in flight with 130. API
-// warnings are not shown, and Main silences client-go's own logging (klog).
+// warnings are not shown (check reports those of its dry run, such as the injector's RBAC
+// warning), and Main silences client-go's own logging (klog).
 package syncctl

@@ -30,6 +30,16 @@ type printOptions struct {
 	allNamespaces bool
 }
 
+// documentFormat checks the -o of a command that prints one document: lines or a table for
+// people, or json or yaml.
+func documentFormat(f string) error {
+	switch f {
+	case formatTable, formatJSON, formatYAML:
+		return nil
+	}
+	return usagef("unknown output format %q: use json or yaml", f)
+}
+
 // validFormat reports whether f is a format -o takes, and checks a jsonpath template.
 func validFormat(f string) error {
 	switch f {

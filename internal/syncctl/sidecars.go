@@ -78,10 +78,8 @@ list on pods and get on pods/proxy.`, contract.SidecarContainer),
 }
 
 func (c *cli) sidecars(ctx context.Context, o sidecarsOptions) error {
-	switch o.format {
-	case formatTable, formatJSON, formatYAML:
-	default:
-		return usagef("unknown output format %q: use json or yaml", o.format)
+	if err := documentFormat(o.format); err != nil {
+		return err
 	}
 	cs, err := c.client()
 	if err != nil {

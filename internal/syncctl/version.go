@@ -44,8 +44,8 @@ annotation metaparticle.io/injector-version (docs/install.md, Upgrade).`, inject
   %[1]s version --client -o json`),
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != formatTable && format != formatJSON && format != formatYAML {
-				return usagef("unknown output format %q: use json or yaml", format)
+			if err := documentFormat(format); err != nil {
+				return err
 			}
 			v := Versions{Client: version.Version}
 			var err error
