@@ -149,17 +149,32 @@ func (e *Engine) noteWatch(inf cache.SharedIndexInformer) {
 // noteWrite records the outcome of a Lease write. Losing a race (conflict, already exists, not
 // found) is the API server answering, not trouble, and neither is a refusal of the Engine's own
 // (a *wire.Error: a foreign Lease, a token below the floor).
+//
+// A write that client-go's rate limiter turned away, because its deadline was too near to wait
+// for a turn, never reached the API server: it keeps the trouble already seen, which says why
+// the writes are late (for example the forbidden of a revoked Role, when a release follows
+// renewals that RBAC refused), and is reported itself only when no other trouble is.
 func (e *Engine) noteWrite(err error) {
 	var own *wire.Error
 	if err != nil && (apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err) || errors.As(err, &own)) {
 		return
 	}
 	e.hmu.Lock()
+	defer e.hmu.Unlock()
+	if err != nil && e.writeErr != nil && isClientThrottled(err) {
+		e.writeErrAt = e.clock.Now()
+		return
+	}
 	e.writeErr = err
 	if err != nil {
 		e.writeErrAt = e.clock.Now()
 	}
-	e.hmu.Unlock()
+}
+
+// isClientThrottled reports whether err is client-go's rate limiter refusing a request before it
+// was sent (its error has no type of its own: rest.Request.tryThrottle wraps it in this text).
+func isClientThrottled(err error) bool {
+	return strings.Contains(err.Error(), "client rate limiter Wait returned an error")
 }
 
 // ---- Telling the sessions ----

@@ -2,12 +2,15 @@ package elector
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/metaparticle-io/sync/elector/internal/leasefake"
@@ -129,4 +132,35 @@ func TestTroubleOfAFailedTry(t *testing.T) {
 			t.Errorf("event after %d quiet retry periods: got %+v; want %s", writeErrAge, ev, wire.EventRecovered)
 		}
 	})
+}
+
+// A write that client-go's rate limiter turned away never reached the API server: it does not
+// replace the trouble already seen (the CI at d3ad6e6 saw a release after RBAC-refused renewals
+// report "unavailable" instead of "forbidden"), but is reported when nothing else is.
+func TestClientThrottlingKeepsTheTroubleSeen(t *testing.T) {
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, "x", errors.New("no update"))
+	throttled := fmt.Errorf("client rate limiter Wait returned an error: %w", errors.New("rate: Wait(n=1) would exceed context deadline"))
+	tests := []struct {
+		name   string
+		writes []error
+		want   wire.ErrorCode
+	}{
+		{"forbidden, then throttled", []error{forbidden, throttled}, wire.CodeForbidden},
+		{"throttled alone", []error{throttled}, wire.CodeUnavailable},
+		{"throttled, then forbidden", []error{throttled, forbidden}, wire.CodeForbidden},
+		{"forbidden, throttled, then a success", []error{forbidden, throttled, nil}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := newBed(t, "pod-a", nil, nil)
+				for _, err := range tt.writes {
+					b.e.noteWrite(err)
+				}
+				if got := codeOf(b.e.APIStatus()); got != tt.want {
+					t.Errorf("APIStatus: got code %q; want %q", got, tt.want)
+				}
+			})
+		})
+	}
 }
